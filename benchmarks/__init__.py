@@ -1,0 +1,1 @@
+"""spikestream: benchmarks."""
