@@ -1,30 +1,34 @@
 """Eager PyTorch: the reference every other backend is checked against."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
-from decoder_runtime.backend_api import BackendUnavailable
+from decoder_runtime.backends.common import cuda_missing, resolve_device
 from models.artifact import Artifact
 
-
-def resolve_device(device: str) -> torch.device:
-    """A torch device, or a clear error when CUDA is asked for and absent."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BackendUnavailable(f"device {device!r} requested but CUDA is not available (torch {torch.__version__})")
-    return torch.device(device)
+__all__ = ["TorchBackend", "resolve_device"]
 
 
 class TorchBackend:
     name = "torch"
+
+    @staticmethod
+    def unavailable(device: str) -> str | None:
+        return cuda_missing(device)
 
     def __init__(self, artifact: Artifact, device: str = "cpu", threads: int | None = None) -> None:
         self.device = device
         self._dev = resolve_device(device)
         if threads is not None:
             torch.set_num_threads(threads)
-        self.model = artifact.model.to(self._dev).eval()
+        # A private copy, so backends on other devices built from the same artifact do not move it.
+        self.model = copy.deepcopy(artifact.model).to(self._dev).eval()
         self.n_channels = artifact.n_channels
+        # One input tensor reused for every bin: a host->device copy, no allocation.
+        self._x = torch.zeros(1, self.n_channels, device=self._dev)
         self.reset()
         self.step(np.zeros(self.n_channels, dtype=np.float32))  # warm-up: first-call costs
         self.reset()
@@ -34,6 +38,6 @@ class TorchBackend:
 
     @torch.inference_mode()
     def step(self, counts: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.asarray(counts, dtype=np.float32)).to(self._dev).view(1, -1)
-        y, self._state = self.model.step(x, self._state)
+        self._x.copy_(torch.from_numpy(np.asarray(counts, dtype=np.float32)).view(1, -1))
+        y, self._state = self.model.step(self._x, self._state)
         return y[0].cpu().numpy()
