@@ -20,6 +20,36 @@ def _register() -> None:
     app.command("simulate")(replay_commands.simulate)
     app.command("info")(replay_commands.info)
 
+    from training import commands as training_commands
+
+    app.command("train")(training_commands.train)
+    app.command("evaluate")(training_commands.evaluate)
+
+    from decoder_runtime import backends_command
+    from training import export as export_command
+
+    app.command("export")(export_command.export)
+    app.command("backends")(backends_command.backends)
+
+    from benchmarks import commands as bench_commands
+
+    app.command("bench")(bench_commands.bench)
+
+    from decoder_runtime import commands as runtime_commands
+
+    app.command("serve")(runtime_commands.serve)
+    app.command("replay")(runtime_commands.replay)
+    app.command("listen")(runtime_commands.listen)
+    app.command("stream-nwb")(runtime_commands.stream_nwb)
+
+    from decoder_runtime.adaptation import commands as adapt_commands
+
+    app.command("adapt-fit")(adapt_commands.adapt_fit)
+
+    from benchmarks import drift as drift_benchmark
+
+    app.command("evaluate-drift")(drift_benchmark.evaluate_drift)
+
 
 def main() -> None:
     _register()

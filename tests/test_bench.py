@@ -1,0 +1,123 @@
+"""The bench produces well-formed numbers and files. No timing is asserted: timings belong
+in benchmark runs on a quiet machine, not in a test on a shared 2-core CI box."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from benchmarks.artifacts import build_untrained, widen
+from benchmarks.report import load_raw
+from benchmarks.stats import summarize, to_uint32_ns
+from benchmarks.step_latency import Variant, build_runner, run_interleaved
+from decoder_runtime.cli import _register, app
+from replay import default_session
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def session():
+    return default_session()
+
+
+def test_summarize_hand_built() -> None:
+    ns = np.arange(1, 1001, dtype=np.int64) * 1000  # 1 µs .. 1000 µs
+    s = summarize(ns, deadlines_us=[900.0, 25_000.0])
+    assert (s["n"], s["p50"], s["p90"], s["p99"], s["p99.9"], s["max"]) == (1000, 500.0, 900.0, 990.0, 999.0, 1000.0)
+    assert s["over_900us"] == 100 and s["over_25000us"] == 0
+    assert math.isclose(s["mean"], 500.5) and math.isclose(s["bins_per_s"], 1e6 / 500.5)
+    with pytest.raises(ValueError, match="non-empty"):
+        summarize(np.array([], dtype=np.int64))
+
+
+def test_uint32_storage_clips_instead_of_wrapping() -> None:
+    out = to_uint32_ns(np.array([5, 2**33], dtype=np.int64))
+    assert out.dtype == np.uint32 and out.tolist() == [5, 2**32 - 1]
+    with pytest.raises(ValueError, match="negative"):
+        to_uint32_ns(np.array([-1]))
+
+
+def test_widen_reuses_recorded_channels(session) -> None:
+    wide = widen(session.counts, 3 * session.n_channels)
+    assert wide.shape == (session.n_bins, 3 * session.n_channels)
+    cols = {c.tobytes() for c in session.counts.T}
+    assert all(c.tobytes() in cols for c in wide.T[:50])
+
+
+def test_interleaving_keeps_each_stream_continuous(tmp_path, session) -> None:
+    """Rounds of one variant interleaved with another give the exact outputs of one uninterrupted stream."""
+    torch.set_num_threads(1)
+    small = build_untrained(tmp_path, "lstm", session, hparams={"hidden": 32}, backends=["torch"])
+    other = build_untrained(tmp_path, "lstm", session, hparams={"hidden": 16}, backends=["torch"])
+    runners = [build_runner(Variant(a.label, "torch", "cpu"), a.path, session.counts, 1) for a in (small, other)]
+    timed = run_interleaved(runners, n_bins=230, round_size=70)
+    backend = runners[0].backend
+    backend.reset()
+    straight = np.stack([backend.step(session.counts[i]) for i in range(230)])
+    np.testing.assert_array_equal(timed[0].velocity, straight)
+    assert all(t.host_ns.shape == (230,) and (t.host_ns > 0).all() for t in timed)
+
+
+def test_bench_cli_smoke(tmp_path) -> None:
+    out = tmp_path / "bench"
+    _register()
+    res = CliRunner().invoke(app, [
+        "bench", "--models", "lstm", "--backends", "torch", "--devices", "cpu", "--bins", "300", "--warmup", "20",
+        "--round", "100", "--no-e2e", "--no-runtime", "--scaling-bins", "100", "--channels", "96,300", "--widths", "32,64",
+        "--out", str(out),
+    ])
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "results.json").read_text())
+    raw = load_raw(out / "latencies.npz")
+    assert {"config", "machine", "notes", "warnings", "step", "scaling_channels", "scaling_width"} <= results.keys()
+    assert results["machine"]["cpu"] and "torch" in results["machine"]["libraries"]
+    [row] = results["step"]
+    assert (row["model"], row["backend"], row["device"]) == ("lstm", "torch", "cpu")
+    assert row["ratio_p50"] == 1.0
+    rows = results["step"] + results["scaling_channels"] + results["scaling_width"]
+    assert [r["channels"] for r in results["scaling_channels"]] == [96, 300]
+    assert [r["width"] for r in results["scaling_width"]] == [32, 64]
+    for r in rows:
+        s = r["summary"]
+        assert s["n"] == (300 if r in results["step"] else 100)
+        assert 0 < s["min"] <= s["p50"] <= s["p90"] <= s["p99"] <= s["p99.9"] <= s["max"]
+        assert all(isinstance(s[k], int) and s[k] >= 0 for k in ("over_1000us", "over_25000us"))
+        lat = raw[r["name"]]
+        assert lat.dtype == np.uint32 and lat.size == s["n"]
+        assert summarize(lat.astype(np.int64), results["config"]["deadlines_us"]) == s
+    report = (out / "report.md").read_text()
+    assert "## Machine" in report and "| lstm | torch | cpu |" in report and "untrained" in report
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["scaling.png", "step_cdf_cpu.png", "step_over_time_cpu.png"]
+    assert all((out / p).read_bytes()[:8] == PNG_MAGIC for p in pngs)
+
+
+@pytest.mark.slow
+def test_bench_cli_runtime_and_end_to_end(tmp_path) -> None:
+    """replay --speed max and LSL outlet -> serve -> ZeroMQ, as separate processes, give well-formed rows."""
+    out = tmp_path / "bench"
+    _register()
+    res = CliRunner().invoke(app, [
+        "bench", "--models", "lstm", "--backends", "torch", "--devices", "cpu", "--bins", "200", "--warmup", "20",
+        "--round", "100", "--no-scaling", "--e2e-bins", "100", "--out", str(out),
+    ])
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "results.json").read_text())
+    raw = load_raw(out / "latencies.npz")
+    assert not results["skipped"], results["skipped"]
+    assert {r["run"] for r in results["replay"]} == {r["run"] for r in results["runtime_overhead"]} - {
+        "serve, LSL at real pace"}
+    assert all(r["bins"] == 200 and r["bins_per_s"] > 0 for r in results["replay"])
+    [run] = results["e2e_runs"]
+    assert run["lost"] == 0 and run["received"] == run["expected"] == 100 + run["settle_bins"]
+    measures = {r["measure"]: r for r in results["e2e"]}
+    assert set(measures) == {"push → receive", "push → runtime arrival", "runtime (lat_us)", "runtime send → receive"}
+    for r in results["e2e"] + results["runtime_overhead"]:
+        assert raw[r["name"]].size == r["summary"]["n"] > 0
+    assert measures["push → receive"]["summary"]["n"] == 100
+    assert (out / "e2e.png").is_file() and (out / "runtime_overhead.png").is_file()
