@@ -5,6 +5,8 @@ place that reaches into `training` and `benchmarks`, so the runtime's data path 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 app = typer.Typer(
@@ -49,6 +51,30 @@ def _register() -> None:
     from benchmarks import drift as drift_benchmark
 
     app.command("evaluate-drift")(drift_benchmark.evaluate_drift)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="where the demo's artifact and session record go"),
+    model: str = typer.Option("lstm", "--model", help="which decoder to train for the demo"),
+    retrain: bool = typer.Option(False, "--retrain", help="train again even if OUT already holds an artifact"),
+) -> None:
+    """The main job on the built-in default: train, export, then replay through the runtime.
+
+    Runs the same commands a user would type (`train`, `export`, `replay --speed max`), on
+    the simulated MC_Maze-like session, so the demo cannot drift from the real paths. The
+    replay publishes on ZeroMQ and records the session to OUT/session.nwb.
+    """
+    steps: list[list[str]] = []
+    if retrain or not (out / "config.json").is_file():
+        steps.append(["train", "--model", model, "--out", str(out)])
+    steps.append(["export", str(out)])
+    steps.append(["replay", str(out), "--speed", "max", "--record", str(out / "session.nwb")])
+    for args in steps:
+        typer.secho(f"$ spikestream {' '.join(args)}", bold=True)
+        code = app(args, standalone_mode=False)  # click returns a failing step's exit code
+        if code:
+            raise typer.Exit(code)
 
 
 def main() -> None:
