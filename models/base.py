@@ -25,6 +25,9 @@ class StreamingDecoder(nn.Module):
 
     name: ClassVar[str] = "base"
     state_names: ClassVar[tuple[str, ...]] = ()
+    #: buffers that are fitted, not trained by autograd (closed-form gains, EMA codebooks):
+    #: they count towards the model's size as much as its parameters do.
+    learned_buffers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, n_channels: int, n_outputs: int = 2) -> None:
         super().__init__()
@@ -51,6 +54,11 @@ class StreamingDecoder(nn.Module):
     def init_state(self, batch: int = 1) -> State:
         """Fixed-shape zero state, on the module's device and dtype."""
         raise NotImplementedError
+
+    def n_learned(self) -> int:
+        """Model size: parameters plus fitted buffers (normalisation statistics excluded)."""
+        buffers = dict(self.named_buffers())
+        return sum(p.numel() for p in self.parameters()) + sum(buffers[n].numel() for n in self.learned_buffers)
 
     # --- the public contract ----------------------------------------------------------
     def normalize(self, x: Tensor) -> Tensor:

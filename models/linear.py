@@ -133,6 +133,7 @@ class KalmanDecoder(StreamingDecoder):
 
     name = "kalman"
     state_names = ("filtered",)
+    learned_buffers = ("transition", "gain", "offset")
 
     def __init__(self, n_channels: int, obs_reg: float = 1e-3) -> None:
         super().__init__(n_channels)

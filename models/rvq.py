@@ -170,6 +170,7 @@ def code_stats(codes: Tensor, n_codes: int) -> dict[str, list[float]]:
 class RVQDecoder(StreamingDecoder):
     name = "rvq"
     state_names = ("h", "c")
+    learned_buffers = ("rvq.codebooks",)
 
     def __init__(
         self,

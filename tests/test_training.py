@@ -178,7 +178,8 @@ def test_tiny_end_to_end_run_of_every_model(name, tmp_path):
     pred = stream_predict(art.model, test.counts)
     assert r2_scores(pred, test.velocity, test.valid)["r2"] == pytest.approx(cfg["metrics"]["test"]["r2"], abs=1e-12)
     np.testing.assert_allclose(cfg["normalization"]["x_mean"], s.counts[slice(*split["train"])].mean(0), rtol=1e-5)
-    assert cfg["training"]["n_params"] == sum(p.numel() for p in art.model.parameters())
+    fitted = {"rvq": 2 * 16 * 8, "kalman": 2 * 2 + 2 * 8 + 2}.get(name, 0)  # codebooks; Kalman M, K, b
+    assert cfg["training"]["n_params"] == sum(p.numel() for p in art.model.parameters()) + fitted
     assert set(cfg["metrics"]["baselines_test"]) == {"wiener", "kalman"}
     assert summary["n_seeds"] == 1 and summary["metrics"]["r2"]["mean"] == cfg["metrics"]["test"]["r2"]
     assert (tmp_path / name / "summary.json").is_file() and (tmp_path / name / "velocity.png").is_file()

@@ -10,18 +10,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from models.registry import MODEL_NAMES
+from training.report import fmt_stat
 
 console = Console()
-
-
-def _fmt(stat: dict | None, digits: int = 3, spread: bool = True) -> str:
-    """'0.812 ± 0.010' from a seed_stats dict (the mean alone for one seed or spread=False)."""
-    if not stat or stat.get("mean") is None:
-        return "–"
-    text = f"{stat['mean']:.{digits}f}"
-    if spread and stat.get("std") is not None:
-        text += f" ± {stat['std']:.{digits}f}"
-    return text
 
 
 def _num(value: float | None, digits: int = 3) -> str:
@@ -41,9 +32,9 @@ def results_table(summary: dict) -> Table:
         table.add_column(col, justify="left" if col == "model" else "right")
     beats = summary["beats_baselines"]
     verdict = "/".join(("yes" if beats[b] else "[red]NO[/red]") if b in beats else "–" for b in ("wiener", "kalman"))
-    trial = f"{_fmt(m.get('trial_r2_median'), 2, False)} / {_fmt(m.get('trial_r2_p5'), 2, False)}"
-    table.add_row(summary["model"], _fmt(m["r2"]), *([f"[{ci[0]:.3f}, {ci[1]:.3f}]"] if ci else []),
-                  _fmt(m["r2_vw"]), trial, f"{int(m['n_params']['mean']):,}", _fmt(m["seconds"], 0), verdict)
+    trial = f"{fmt_stat(m.get('trial_r2_median'), 2, False)} / {fmt_stat(m.get('trial_r2_p5'), 2, False)}"
+    table.add_row(summary["model"], fmt_stat(m["r2"]), *([f"[{ci[0]:.3f}, {ci[1]:.3f}]"] if ci else []),
+                  fmt_stat(m["r2_vw"]), trial, f"{int(m['n_params']['mean']):,}", fmt_stat(m["seconds"], 0), verdict)
     for name, b in summary["baselines_test"].items():
         if name != summary["model"]:
             trial = f"{_num(b.get('trial_r2_median'), 2)} / {_num(b.get('trial_r2_p5'), 2)}"
@@ -58,7 +49,7 @@ def rvq_table(summary: dict) -> Table:
     for col in ("stage", "utilisation", "perplexity"):
         table.add_column(col, justify="right")
     for s, (u, p) in enumerate(zip(m["utilisation"], m["perplexity"])):
-        table.add_row(str(s), _fmt(u, 2), _fmt(p, 1))
+        table.add_row(str(s), fmt_stat(u, 2), fmt_stat(p, 1))
     return table
 
 
@@ -119,8 +110,8 @@ def train(
     if model == "rvq":
         console.print(rvq_table(summary))
         gap = summary["metrics"]["r2_gap_to_encoder"]
-        console.print(f"pre-trained encoder R² {_fmt(summary['metrics']['encoder_r2'])}; "
-                      f"quantised minus encoder gap {_fmt(gap)} (target ≤ 0.02)")
+        console.print(f"pre-trained encoder R² {fmt_stat(summary['metrics']['encoder_r2'])}; "
+                      f"quantised minus encoder gap {fmt_stat(gap)} (target ≤ 0.02)")
     console.print(f"summary: {out / 'summary.json'}")
     if summary["collapsed_seeds"]:
         console.print(f"[red bold]RVQ codebook collapse in seed(s) {summary['collapsed_seeds']}: "
@@ -168,7 +159,7 @@ def evaluate(
         from training.runs import seed_stats
 
         stats = {k: seed_stats([r["metrics"][k] for r in results]) for k in ("r2", "r2_vx", "r2_vy", "r2_vw")}
-        table.add_row("mean±std", "", *(_fmt(stats[k], 4) for k in ("r2", "r2_vx", "r2_vy", "r2_vw")), "", "")
+        table.add_row("mean±std", "", *(fmt_stat(stats[k], 4) for k in ("r2", "r2_vx", "r2_vy", "r2_vw")), "", "")
     console.print(table)
     if data is None:
         console.print("[dim]scored on the training session: training bins are included; "

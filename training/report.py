@@ -10,21 +10,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 
 import torch
 
-from models.artifact import code_version
+from benchmarks.machine import cpu_model
 from models.registry import MODEL_NAMES
 
 
-def _pm(stat: dict | None, digits: int = 3) -> str:
+def fmt_stat(stat: dict | None, digits: int = 3, spread: bool = True) -> str:
+    """'0.812 ± 0.010' from a seed_stats dict (the mean alone for one seed or spread=False)."""
     if not stat or stat.get("mean") is None:
         return "–"
-    if stat.get("std") is None:
-        return f"{stat['mean']:.{digits}f}"
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+    text = f"{stat['mean']:.{digits}f}"
+    if spread and stat.get("std") is not None:
+        text += f" ± {stat['std']:.{digits}f}"
+    return text
 
 
 def _ci(stat: dict) -> str:
@@ -58,10 +59,10 @@ def task_table(summaries: dict[tuple[str, str], dict], task: str) -> list[str]:
         per_seed = {b: sum(r["beats_baselines"].get(b, False) for r in s["runs"]) for b in ("wiener", "kalman")}
         verdict = {b: "–" if b not in beats else
                    f"{'yes' if beats[b] else '**NO**'} ({per_seed[b]}/{s['n_seeds']} seeds)" for b in per_seed}
-        epochs = f"{_pm(m.get('epochs_run'), 1)} ({_pm(m.get('best_epoch'), 1)})" if "epochs_run" in m else "closed form"
+        epochs = f"{fmt_stat(m.get('epochs_run'), 1)} ({fmt_stat(m.get('best_epoch'), 1)})" if "epochs_run" in m else "closed form"
         rows.append(
-            f"| {model} | {_pm(m['r2'])} | {_ci(m['r2'])} | {_pm(m['r2_vw'])} | {_pm(m.get('trial_r2_median'))} | "
-            f"{_pm(m.get('trial_r2_p5'))} | {int(m['n_params']['mean']):,} | {_pm(m['seconds'], 0)} | {epochs} | "
+            f"| {model} | {fmt_stat(m['r2'])} | {_ci(m['r2'])} | {fmt_stat(m['r2_vw'])} | {fmt_stat(m.get('trial_r2_median'))} | "
+            f"{fmt_stat(m.get('trial_r2_p5'))} | {int(m['n_params']['mean']):,} | {fmt_stat(m['seconds'], 0)} | {epochs} | "
             f"{verdict['wiener']} | {verdict['kalman']} |"
         )
     return rows
@@ -71,12 +72,12 @@ def rvq_section(s: dict) -> list[str]:
     m = s["metrics"]
     rows = ["| stage | utilisation (held-out) | perplexity (of 128 max) |", "| --- | --- | --- |"]
     for k, (u, p) in enumerate(zip(m["utilisation"], m["perplexity"])):
-        rows.append(f"| {k} | {_pm(u, 2)} | {_pm(p, 1)} |")
+        rows.append(f"| {k} | {fmt_stat(u, 2)} | {fmt_stat(p, 1)} |")
     met = all(all(x >= 0.5 for x in r["utilisation"]) for r in s["runs"])
     within = all(r["r2_gap_to_encoder"] <= 0.02 for r in s["runs"])
     rows += ["",
-             f"Pre-trained encoder (quantiser bypassed) held-out R²: {_pm(m['encoder_r2'])}; quantised: "
-             f"{_pm(m['r2'])}; gap (encoder − quantised): {_pm(m['r2_gap_to_encoder'])}.",
+             f"Pre-trained encoder (quantiser bypassed) held-out R²: {fmt_stat(m['encoder_r2'])}; quantised: "
+             f"{fmt_stat(m['r2'])}; gap (encoder − quantised): {fmt_stat(m['r2_gap_to_encoder'])}.",
              f"Utilisation ≥ 50% in every stage of every seed: {'yes' if met else '**NO**'}. "
              f"Within 0.02 of its own encoder in every seed: {'yes' if within else '**NO**'}. "
              f"Collapsed seeds: {s['collapsed_seeds'] or 'none'}."]
@@ -90,7 +91,7 @@ def rtt_section(summaries: dict[tuple[str, str], dict]) -> list[str]:
         if lstm is None or mamba is None:
             continue
         a, b = lstm["metrics"]["r2"]["mean"], mamba["metrics"]["r2"]["mean"]
-        rows.append(f"| {task} | {_pm(lstm['metrics']['r2'])} | {_pm(mamba['metrics']['r2'])} | {b - a:+.3f} | "
+        rows.append(f"| {task} | {fmt_stat(lstm['metrics']['r2'])} | {fmt_stat(mamba['metrics']['r2'])} | {b - a:+.3f} | "
                     f"{lstm['baselines_test']['wiener']['r2']:.3f} |")
     return rows
 
@@ -105,6 +106,16 @@ def session_line(s: dict) -> str:
             f"chronological split ({split['by']}) train {split['train']}, val {split['val']}, test {split['test']}")
 
 
+def trained_by(summaries: dict[tuple[str, str], dict]) -> list[str]:
+    """The code versions recorded in the runs' artifacts (not the version rendering this report)."""
+    versions = set()
+    for s in summaries.values():
+        for run in s["runs"]:
+            config = Path(run["path"]) / "config.json"
+            versions.add(json.loads(config.read_text())["code_version"] if config.exists() else "unknown")
+    return sorted(versions)
+
+
 def render(summaries: dict[tuple[str, str], dict], notes: str = "") -> str:
     tasks = sorted({t for t, _ in summaries}, key=lambda t: (t != "maze", t))
     lines = ["# Training results: held-out streaming R²", "",
@@ -114,8 +125,8 @@ def render(summaries: dict[tuple[str, str], dict], notes: str = "") -> str:
              "FALCON reports it). Normalisation statistics come from training bins only; the best epoch "
              "is chosen on the validation block, never the test block. Mean ± sample std over seeds; "
              "95% CI is the Student-t interval of the mean.", "",
-             f"Machine: {platform.processor() or platform.machine()}, 1 torch thread per run "
-             f"(torch {torch.__version__}), code {code_version()}.", ""]
+             f"Machine: {cpu_model()}, 1 torch thread per run (torch {torch.__version__}); trained by code "
+             f"{', '.join(trained_by(summaries))}.", ""]
     for task in tasks:
         first = next(s for (t, _), s in summaries.items() if t == task)
         n = max(s["n_seeds"] for (t, _), s in summaries.items() if t == task)

@@ -16,7 +16,6 @@ block streamed through `step` from `init_state` (training/metrics.py).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import platform
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.artifact import save_artifact
+from models.artifact import save_artifact, sha256
 from models.base import StreamingDecoder
 from models.registry import MODEL_NAMES, NETWORK_NAMES, build_model
 from replay.defaults import load_session
@@ -112,14 +111,6 @@ def _jsonable(obj):
     return str(obj)
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_data(data: Path | None, task: str = "maze", sim_seed: int = 0) -> tuple[BinnedSession, dict]:
     """The session to train on and where it came from (recorded in every artifact)."""
     if data is None:
@@ -131,7 +122,7 @@ def load_data(data: Path | None, task: str = "maze", sim_seed: int = 0) -> tuple
     else:
         data = Path(data)
         session = load_session(data)
-        prov = {"kind": "nwb", "path": str(data.resolve()), "sha256": _file_sha256(data)}
+        prov = {"kind": "nwb", "path": str(data.resolve()), "sha256": sha256(data)}
     if session.velocity is None:
         raise ValueError(f"{session.source}: session has no behaviour to train on")
     prov.update(n_bins=session.n_bins, n_channels=session.n_channels, bin_width=session.bin_width,
@@ -227,7 +218,7 @@ def run_seed(spec: RunSpec, shared: Shared, seed: int, folder: Path, hooks: Hook
     test, pred = stream_metrics(model, shared.blocks["test"])
     if "rvq" in extra:
         extra["rvq"].update(quantisation_gap(extra["rvq"], test["r2"]))
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = model.n_learned()
     beats = {name: bool(test["r2"] > m["r2"]) for name, m in shared.baseline_metrics.items() if name != spec.model}
     metrics = {"test": test, "baselines_test": shared.baseline_metrics, "beats_baselines": beats, **extra,
                "definition": "test block streamed through step from init_state(1), eager torch, float32; "
