@@ -94,6 +94,19 @@ def _fmt(x: float, digits: int = 1) -> str:
     return "-" if x is None or x != x else f"{x:,.{digits}f}"
 
 
+def _held_out_block(config: dict, session) -> tuple[int, int] | None:
+    """The artifact's test block when the replayed session is the one it was trained on.
+
+    R² over a whole training session mixes in bins the model was fitted to, which flatters it;
+    the held-out figure must stand beside it.
+    """
+    prov = config.get("provenance") or {}
+    same = (prov.get("n_bins") == session.n_bins
+            and (prov.get("meta") or {}).get("nwb_identifier") == session.meta.get("nwb_identifier"))
+    split = prov.get("split")
+    return (int(split["test"][0]), int(split["test"][1])) if same and split else None
+
+
 def _summary_table(title: str, summary: dict) -> Table:
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("measure")
@@ -101,7 +114,11 @@ def _summary_table(title: str, summary: dict) -> Table:
     table.add_row("bins", f"{summary['n_bins']:,}")
     if "r2" in summary:
         r2 = summary["r2"]
-        table.add_row("R² (sent velocity, equal avg)", _fmt(r2["r2"], 6))
+        held = summary.get("r2_held_out")
+        table.add_row("R² (sent velocity, equal avg" + (", all bins incl. training)" if held else ")"), _fmt(r2["r2"], 6))
+        if held:
+            a, b = held["bins"]
+            table.add_row(f"R² held-out test block only (bins {a:,}–{b:,})", _fmt(held["r2"], 6))
         table.add_row("R² vx / vy / var-weighted", f"{_fmt(r2['r2_vx'], 4)} / {_fmt(r2['r2_vy'], 4)} / {_fmt(r2['r2_vw'], 4)}")
         table.add_row("R² (model's own output, every bin)", _fmt(summary["r2_model"]["r2"], 6))
     for key, label in (("latency_us", "latency arrival→sent (us)"), ("own_us", "runtime's own work, excl. step (us)"),
@@ -292,6 +309,7 @@ def replay(
         console.print(f"[red]error:[/red] the session has {session.n_channels} channels; "
                       f"the artifact decodes {art.n_channels}")
         raise typer.Exit(2)
+    held_out = _held_out_block(art.config, session)
     if max_bins is not None:
         session = session.slice(0, min(max_bins, session.n_bins))
     opened: list = []
@@ -321,6 +339,10 @@ def replay(
         if session.velocity is not None:
             s["r2"] = r2_scores(result.velocity, session.velocity[:n], session.valid[:n])
             s["r2_model"] = r2_scores(result.model_vel, session.velocity[:n], session.valid[:n])
+            if held_out is not None and n > held_out[0]:
+                a, b = held_out[0], min(held_out[1], n)
+                s["r2_held_out"] = {**r2_scores(result.velocity[a:b], session.velocity[a:b], session.valid[a:b]),
+                                    "bins": [a, b]}
         if not via_lsl:
             s["pacing"] = opened[0].pacing()
         return s
