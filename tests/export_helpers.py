@@ -22,6 +22,7 @@ from replay.nwb_reader import read_nwb
 from replay.session import BinnedSession
 from replay.simulator import simulate_nwb
 from training.export import TOLERANCE, export_artifact, parity_error
+from training.metrics import stream_predict as eager_reference  # the reference every backend must match
 
 N_UNITS = 48
 N_BINS = 2000
@@ -88,17 +89,6 @@ def bins(base: Path, size: str = "small") -> np.ndarray:
 def stream(step, counts: np.ndarray) -> np.ndarray:
     """Velocity for every bin, one `step(counts[C])` call per bin (state carried by `step`)."""
     return np.stack([np.asarray(step(x), dtype=np.float32).reshape(2) for x in counts])
-
-
-def eager_reference(model: StreamingDecoder, counts: np.ndarray) -> np.ndarray:
-    """Eager torch's step over the bins, straight from the model (not through a backend)."""
-    state = model.init_state(1)
-    out = np.empty((len(counts), 2), dtype=np.float32)
-    with torch.inference_mode():
-        for i, x in enumerate(counts):
-            y, state = model.step(torch.from_numpy(x).view(1, -1), state)
-            out[i] = y[0].numpy()
-    return out
 
 
 def assert_parity(got: np.ndarray, ref: np.ndarray, model: StreamingDecoder) -> float:

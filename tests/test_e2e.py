@@ -80,20 +80,27 @@ def test_lsl_outlet_to_serve_to_subscriber(env, tmp_path):
     assert rec["artifact_config"]["model_id"] == art.model_id
 
 
-def test_replay_at_max_speed_reproduces_the_offline_r2(env, tmp_path):
+def _replay(env, tmp_path, n: int, *args: str) -> tuple[dict, dict, str]:
+    """Run `replay` on the first n bins (torch backend); its summary, the offline R², its output.
+
+    Whatever the path, the model's outputs for every bin must score as the offline stream does.
+    """
     base, s, art_path = env
-    art = h.loaded(art_path)
-    n = 1200
     summary = tmp_path / "summary.json"
-    proc = h.cli("replay", str(h.session_file(base)), str(art_path), "--speed", "max", "--backend", "torch",
-                 "--max-bins", str(n), "--zmq", f"tcp://127.0.0.1:{h.free_port()}", "--summary-json", str(summary),
+    proc = h.cli("replay", str(h.session_file(base)), str(art_path), *args, "--backend", "torch",
+                 "--max-bins", str(n), "--summary-json", str(summary),
                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     got = json.loads(summary.read_text())
-    offline = r2_scores(h.offline(art.model, s.counts[:n]), s.velocity[:n], s.valid[:n])
+    offline = r2_scores(h.offline(h.loaded(art_path).model, s.counts[:n]), s.velocity[:n], s.valid[:n])
     assert got["n_bins"] == n
     assert abs(got["r2_model"]["r2"] - offline["r2"]) < 1e-6  # the model's outputs, every bin
+    return got, offline, out
+
+
+def test_replay_at_max_speed_reproduces_the_offline_r2(env, tmp_path):
+    got, offline, out = _replay(env, tmp_path, 1200, "--speed", "max", "--zmq", f"tcp://127.0.0.1:{h.free_port()}")
     if got["deadline_misses"] == 0:  # no bin was answered by the fallback: the sent R² is the same
         assert abs(got["r2"]["r2"] - offline["r2"]) < 1e-6
     assert "R²" in out and "p99.9" in out
@@ -102,19 +109,7 @@ def test_replay_at_max_speed_reproduces_the_offline_r2(env, tmp_path):
 @pytest.mark.slow
 def test_replay_via_lsl(env, tmp_path):
     """The same session through a real LSL outlet in another process (`--via-lsl`)."""
-    base, s, art_path = env
-    art = h.loaded(art_path)
-    n = 400
-    summary = tmp_path / "summary.json"
-    proc = h.cli("replay", str(h.session_file(base)), str(art_path), "--speed", "4", "--via-lsl", "--backend",
-                 "torch", "--max-bins", str(n), "--zmq", "none", "--summary-json", str(summary),
-                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out
-    got = json.loads(summary.read_text())
-    offline = r2_scores(h.offline(art.model, s.counts[:n]), s.velocity[:n], s.valid[:n])
-    assert got["n_bins"] == n
-    assert abs(got["r2_model"]["r2"] - offline["r2"]) < 1e-6
+    got, _, _ = _replay(env, tmp_path, 400, "--speed", "4", "--via-lsl", "--zmq", "none")
     assert got["pacing"]["p99_us"] >= 0
 
 

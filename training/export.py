@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from models.artifact import ArtifactError, load_artifact, read_config, update_config
 from models.base import StreamingDecoder
+from training.metrics import stream_predict
 
 FORMATS = ("torchscript", "onnx")
 TS_FILE = "model.ts"
@@ -82,16 +83,6 @@ def check_bins(model: StreamingDecoder, n_bins: int = CHECK_BINS, seed: int = 0)
     return rng.poisson(rates, size=(n_bins, rates.size)).astype(np.float32)
 
 
-def _eager_stream(model: StreamingDecoder, bins: np.ndarray) -> np.ndarray:
-    state = model.init_state(1)
-    out = np.empty((len(bins), 2), dtype=np.float32)
-    with torch.inference_mode():
-        for i, x in enumerate(bins):
-            y, state = model.step(torch.from_numpy(x).view(1, -1), state)
-            out[i] = y[0].numpy()
-    return out
-
-
 def parity_error(got: np.ndarray, ref: np.ndarray, y_std: np.ndarray) -> float:
     """Max |got - ref| over bins in normalised units (divided by the output's y_std)."""
     err = float(np.max(np.abs(np.asarray(got) - np.asarray(ref)) / np.asarray(y_std)))
@@ -104,7 +95,7 @@ def stream_diff(model: StreamingDecoder, step: StepFn, bins: np.ndarray) -> dict
     Returns the max abs difference in data units and in normalised units (the one
     checked against TOLERANCE).
     """
-    ref = _eager_stream(model, bins)
+    ref = stream_predict(model, bins)
     state = [s.numpy() for s in model.init_state(1)]
     got = np.empty_like(ref)
     for i, x in enumerate(bins):
