@@ -1,10 +1,10 @@
 """The end-to-end bench's LSL source: a process that pushes a session's bins at the bin pace.
 
-Each sample's LSL timestamp is `pylsl.local_clock()` read immediately before the push, so
+Each sample's LSL timestamp is the LSL clock read by liblsl at the push, so
 the runtime's message carries (as `t_src`) the exact moment the bin left the outlet, and a
-subscriber on the same host measures push → receive on the one clock. Pacing follows a
-schedule fixed from the start (sleep to 1 ms before each deadline, then spin: REFERENCE.md
-measured σ 26 µs this way), so lateness never accumulates.
+subscriber on the same host measures push → receive on the one clock. Pacing is
+`replay.pacing.Pacer`, the schedule `stream-nwb` and replay use (fixed from the start, sleep
+to 1 ms before each deadline, then spin), so lateness never accumulates.
 
 Run as `python -m benchmarks.lsl_outlet --counts bins.npy --name NAME --bin-width 0.025`.
 It waits for a consumer (the runtime's inlet) before pushing, prints one JSON line with
@@ -17,33 +17,23 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pylsl
 import typer
 
-STREAM_TYPE = "SpikeCounts"
-SPIN_S = 0.001
+from decoder_runtime.sources.lsl import CountsOutlet
+from replay.pacing import Pacer
 
 
-def make_outlet(name: str, n_channels: int, bin_width: float) -> pylsl.StreamOutlet:
-    """An outlet that sends every sample as it is pushed (chunk size 1: no batching delay)."""
-    info = pylsl.StreamInfo(name, STREAM_TYPE, n_channels, 1.0 / bin_width, pylsl.cf_float32, name)
-    return pylsl.StreamOutlet(info, chunk_size=1, max_buffered=60)
+def push_paced(outlet: CountsOutlet, counts: np.ndarray, bin_width: float) -> np.ndarray:
+    """Push every row on the runtime's own drift-free schedule; returns each push's lateness in ns.
 
-
-def push_paced(outlet: pylsl.StreamOutlet, counts: np.ndarray, bin_width: float) -> np.ndarray:
-    """Push every row on a drift-free schedule; returns each push's lateness in ns."""
+    Each sample is stamped by liblsl with the LSL clock at the push (timestamp 0.0).
+    """
+    pacer = Pacer(bin_width)
     late = np.empty(len(counts), dtype=np.int64)
-    rows = [np.ascontiguousarray(r, dtype=np.float32) for r in counts]
-    t0 = pylsl.local_clock() + 0.05
-    for i, row in enumerate(rows):
-        deadline = t0 + i * bin_width
-        pause = deadline - pylsl.local_clock() - SPIN_S
-        if pause > 0:
-            time.sleep(pause)
-        while (now := pylsl.local_clock()) < deadline:
-            pass
-        outlet.push_sample(row, now)
-        late[i] = int((now - deadline) * 1e9)
+    pacer.start(time.monotonic_ns() + 50_000_000)  # bin 0 due 50 ms from now
+    for k, row in enumerate(counts):
+        late[k] = pacer.wait(k)
+        outlet.push(row)
     return late
 
 
@@ -57,7 +47,7 @@ def main(
     data = np.load(counts)
     if data.ndim != 2:
         raise typer.BadParameter(f"{counts}: expected a [T, C] array, got shape {data.shape}")
-    outlet = make_outlet(name, data.shape[1], bin_width)
+    outlet = CountsOutlet(name, data.shape[1], bin_width, source_id=name, max_buffered_s=60)
     if not outlet.wait_for_consumers(wait_consumer):
         raise SystemExit(f"no LSL consumer for stream {name!r} within {wait_consumer:g} s")
     time.sleep(settle)
