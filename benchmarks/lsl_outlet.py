@@ -20,7 +20,7 @@ import numpy as np
 import typer
 
 from decoder_runtime.sources.lsl import CountsOutlet
-from replay.pacing import Pacer
+from replay.pacing import Pacer, pacing_stats
 
 
 def push_paced(outlet: CountsOutlet, counts: np.ndarray, bin_width: float) -> np.ndarray:
@@ -53,9 +53,7 @@ def main(
     time.sleep(settle)
     late = push_paced(outlet, data, bin_width)
     time.sleep(1.0)  # let the last samples leave before the outlet closes
-    us = late / 1e3
-    print(json.dumps({"pushed": int(len(late)), "late_mean_us": float(us.mean()), "late_std_us": float(us.std()),
-                      "late_p99_us": float(np.percentile(us, 99)), "late_max_us": float(us.max())}), flush=True)
+    print(json.dumps({"pushed": int(len(late)), **pacing_stats(late)}), flush=True)
 
 
 if __name__ == "__main__":

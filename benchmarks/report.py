@@ -242,8 +242,8 @@ def write_markdown(results: dict, plots: list[Path], out_dir: Path) -> Path:
                       f"{run['expected']:,} messages received ({run['lost']} lost), first {run['settle_bins']} bins "
                       f"not measured (connections settling); flags: "
                       + (", ".join(f"{k} {v}" for k, v in run["flagged"].items()) or "none")
-                      + (f"; outlet push lateness mean {pacing['late_mean_us']:.0f} µs, p99 "
-                         f"{pacing['late_p99_us']:.0f} µs" if pacing else "")]
+                      + (f"; outlet push lateness mean {pacing['mean_us']:.0f} µs, p99 "
+                         f"{pacing['p99_us']:.0f} µs" if pacing else "")]
     groups = skipped_groups(results)
     if groups:
         lines += ["", "## Not measured", ""]
