@@ -103,8 +103,8 @@ def _held_out_block(config: dict, session) -> tuple[int, int] | None:
     prov = config.get("provenance") or {}
     same = (prov.get("n_bins") == session.n_bins
             and (prov.get("meta") or {}).get("nwb_identifier") == session.meta.get("nwb_identifier"))
-    split = prov.get("split")
-    return (int(split["test"][0]), int(split["test"][1])) if same and split else None
+    test = (prov.get("split") or {}).get("test")
+    return (int(test[0]), int(test[1])) if same and test else None
 
 
 def _summary_table(title: str, summary: dict) -> Table:
