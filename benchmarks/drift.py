@@ -22,22 +22,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shlex
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Callable
 
 import numpy as np
 import torch
-import typer
 
 from decoder_runtime.adaptation import METHODS, AdaptationChain, AdaptSettings, build_chain
-from decoder_runtime.adaptation.commands import fit_reference
+from decoder_runtime.adaptation.fit import fit_reference
 from decoder_runtime.adaptation.latent_align import load_latent
 from decoder_runtime.adaptation.reference import TrainingReference
-from models.artifact import Artifact, ArtifactError, load_artifact
+from models.artifact import Artifact, load_artifact
 from replay import DriftSpec, read_nwb, simulate_nwb
 from replay.defaults import cache_dir
 from replay.drift import spec_dict
@@ -430,36 +427,3 @@ def take_or_train(model: str, folder: Path, seeds: int, epochs: int | None, prog
         train_run(RunSpec(model=model, out=folder, seeds=n, epochs=epochs), session, prov)
         assert found() == artifact_folders(folder, n)
     return found()
-
-
-def evaluate_drift(
-    model: Annotated[list[str], typer.Option("--model", "-m", help="model to evaluate (repeatable)")] = ["lstm", "wiener"],  # noqa: B006
-    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="runs/<model> is taken if present, else trained there")] = Path("runs/drift"),
-    seeds: Annotated[int, typer.Option("--seeds", help="evaluation seeds (training seeds and later days)")] = 3,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="epochs when a network must be trained")] = None,
-    minutes: Annotated[float, typer.Option("--minutes", help="length of each later-day session")] = 8.0,
-    kinds: Annotated[Optional[str], typer.Option("--kinds", help=f"comma list of {', '.join(DRIFTS)}")] = None,
-    methods: Annotated[Optional[str], typer.Option("--methods", help=f"comma list of {', '.join(METHODS)}")] = None,
-    tau: Annotated[float, typer.Option("--adapt-tau", help="running-normalisation time constant, s")] = 60.0,
-    out: Annotated[Path, typer.Option("--out", help="where drift.json and drift.md go")] = Path("benchmarks/results"),
-) -> None:
-    """Streaming R² on later simulated days with each kind of drift, per adaptation method."""
-    from rich.console import Console
-
-    console = Console()
-    progress = Progress(console.print)
-    argv = sys.argv[1:]
-    command = "spikestream " + shlex.join(argv) if argv[:1] == ["evaluate-drift"] else "evaluate-drift (in-process)"
-    try:
-        cfg = DriftConfig(
-            runs={m: take_or_train(m, runs_dir / m, seeds, epochs, progress) for m in model},
-            seeds=seeds, minutes=minutes, tau_s=tau, command=command,
-            kinds=tuple(kinds.split(",")) if kinds else tuple(DRIFTS),
-            methods=tuple(methods.split(",")) if methods else tuple(METHODS),
-        )
-        results = run(cfg, out, progress)
-    except (DriftEvalError, ArtifactError, ValueError, OSError) as e:
-        console.print(f"[red]evaluate-drift: {e}[/red]")
-        raise typer.Exit(1) from None
-    console.print(markdown(results))
-    console.print(f"wrote {out / 'drift.md'} and {out / 'drift.json'}")

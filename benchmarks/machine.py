@@ -12,18 +12,9 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from models.provenance import cpu_model
+
 LIBRARIES = ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "numpy", "numba", "pylsl", "pyzmq", "msgpack")
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name (platform.processor() is empty on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def usable_cores() -> int:

@@ -31,7 +31,7 @@ def env() -> dict[str, str]:
 
 def cli(*args: str) -> list[str]:
     """argv for `spikestream ARGS...` run through this interpreter."""
-    return [sys.executable, "-m", "decoder_runtime.cli", *args]
+    return [sys.executable, "-m", "spikestream", *args]
 
 
 def start(argv: list[str], log: Path, capture_stdout: bool = False) -> subprocess.Popen:

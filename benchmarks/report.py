@@ -22,7 +22,7 @@ SECTION_TITLES = {
     "step": "Per-bin step latency (µs)",
     "scaling_channels": "Scaling: step latency vs channel count (µs)",
     "scaling_width": "Scaling: step latency vs model width (µs)",
-    "runtime_overhead": "The runtime per bin, stage by stage, from the engine's stamps (µs; own work = whole bin − model step)",
+    "runtime_overhead": "The runtime per bin, stage by stage, from the engine's stamps (µs; own work = arrival → sent − model step, as decoder_runtime.timing defines it)",
     "e2e": "End to end: LSL push → ZeroMQ receive (µs)",
 }
 # Each section's descriptive columns, in the order tables show them.

@@ -1,10 +1,9 @@
 """Where the runtime's time goes, stage by stage, from the stamps its session record keeps.
 
-The engine stamps every bin with time.monotonic_ns() at each stage (decoder_runtime.record
-STAGES: arrival, validated, adapted, step_begin, step_end, stepped, sent, recorded) and
-writes them to the NWB record. Differencing consecutive stamps gives each stage's cost;
-the runtime's own work is everything from arrival to recorded except the model step
-itself (step_begin → step_end), i.e. validate, adapt, hand-off, publish and record.
+The engine stamps every bin with time.monotonic_ns() at each stage (decoder_runtime.timing
+STAGES) and writes them to the NWB record; decoder_runtime.timing defines every latency
+derived from them (the runtime's own work = arrival -> sent minus the model step; the
+record is its own stage, after the message is out).
 """
 from __future__ import annotations
 
@@ -15,42 +14,17 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import procs
+from decoder_runtime.timing import STAGES, latencies
 
-OWN_WORK = "runtime (excl. step)"
+OWN_WORK = "own work"  # decoder_runtime.timing's names: one definition of each latency
 MODEL_STEP = "model step"
-# The interval ending at each stage, named by the work done in it.
-STAGE_WORK = {
-    "validated": "validate",
-    "adapted": "adapt",
-    "step_begin": "hand-off to step",
-    "step_end": MODEL_STEP,
-    "stepped": "hand-back from step",
-    "sent": "publish",
-    "recorded": "record",
-}
 
 
-def stage_latencies(stamps: np.ndarray, stages: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """ns per bin for each stage interval, plus the runtime's own work and the whole bin.
-
-    A stamp of 0 means that stage did not happen for that bin (e.g. no model step for a
-    dropped bin); such bins are left out of that interval, and count a zero-length step in
-    the runtime's own work.
-    """
-    stamps = np.asarray(stamps, dtype=np.int64)
-    if stamps.ndim != 2 or stamps.shape[1] != len(stages):
-        raise ValueError(f"stamps must be [T, {len(stages)}] for stages {stages}, got {stamps.shape}")
-    col = {name: stamps[:, i] for i, name in enumerate(stages)}
-    out: dict[str, np.ndarray] = {}
-    for a, b in zip(stages, stages[1:]):
-        ok = (col[a] > 0) & (col[b] > 0)
-        out[STAGE_WORK.get(b, f"{a} → {b}")] = col[b][ok] - col[a][ok]
-    first, last = col[stages[0]], col[stages[-1]]
-    whole = (first > 0) & (last > 0)
-    step = np.where((col["step_begin"] > 0) & (col["step_end"] > 0), col["step_end"] - col["step_begin"], 0)
-    out["whole bin (arrival → recorded)"] = (last - first)[whole]
-    out[OWN_WORK] = (last - first - step)[whole]
-    return out
+def stage_latencies(stamps: np.ndarray, stages: tuple[str, ...] = STAGES) -> dict[str, np.ndarray]:
+    """ns per bin for each stage interval, the model step and the runtime's own work (decoder_runtime.timing)."""
+    if tuple(stages) != STAGES:
+        raise ValueError(f"stamps must follow the stages {STAGES}, got {stages}")
+    return latencies(stamps)
 
 
 def throughput(stamps: np.ndarray, stages: tuple[str, ...]) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from decoder_runtime.backend_api import Backend, BackendUnavailable
+from decoder_runtime.backends.base import Backend, BackendUnavailable
 from decoder_runtime.backends import make_backend
 from models.artifact import ArtifactError, load_artifact
 

@@ -17,7 +17,7 @@ from benchmarks import BenchError, e2e, runtime, scaling
 from benchmarks.machine import load_warning, machine_info
 from benchmarks.stats import DEFAULT_DEADLINES_US, ratio, summarize
 from benchmarks.step_latency import Runner, Timing, Variant, build_runner, pin_threads, run_interleaved, warm_up
-from decoder_runtime.backend_api import BackendUnavailable
+from decoder_runtime.backends.base import BackendUnavailable
 from decoder_runtime.backends import BACKENDS
 from models.artifact import ArtifactError, read_config
 

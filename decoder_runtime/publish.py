@@ -49,12 +49,31 @@ def is_loopback(addr: str) -> bool:
         return False  # '*', an interface name or a host name: not provably loopback
 
 
+def check_endpoint(addr: str, error: type[Exception] = PublishError) -> None:
+    """Refuse, before anything binds, an endpoint ZeroMQ would reject late or misread.
+
+    tcp:// needs a host and a port in 1..65535 (or '*' for an ephemeral one); ipc:// and
+    inproc:// need a name.
+    """
+    scheme, sep, rest = addr.partition("://")
+    if not sep or scheme not in ("tcp", "ipc", "inproc") or not rest:
+        raise error(f"{addr!r} is not a ZeroMQ endpoint (expected e.g. {DEFAULT_ADDR}, ipc://NAME or 'none')")
+    if scheme != "tcp":
+        return
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host:
+        raise error(f"{addr!r}: a tcp endpoint needs host:port, e.g. {DEFAULT_ADDR}")
+    if port != "*" and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise error(f"{addr!r}: port must be 1..65535 (or *), got {port!r}")
+
+
 class Publisher:
     """Non-blocking velocity publisher; `send` never waits for anyone."""
 
     def __init__(self, addr: str = DEFAULT_ADDR, *, hwm: int = 1000, allow_remote: bool = False,
                  curve_secret: Path | None = None, curve_clients: Path | None = None,
                  context: zmq.Context | None = None) -> None:
+        check_endpoint(addr)
         if not is_loopback(addr) and not allow_remote:
             raise PublishError(f"refusing to bind {addr}: not a loopback address (pass --allow-remote, "
                                "ideally with --curve-secret, to publish beyond this machine)")

@@ -33,8 +33,7 @@ from hdmf.backends.hdf5.h5_utils import H5DataIO
 from pynwb import NWBHDF5IO, NWBFile, TimeSeries
 
 from decoder_runtime.messages import FLAG_NAMES
-
-STAGES = ("arrival", "validated", "adapted", "step_begin", "step_end", "stepped", "sent", "recorded")
+from decoder_runtime.timing import STAGES
 _DECODER = "processing/decoder"
 
 

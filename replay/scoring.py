@@ -104,3 +104,27 @@ def per_trial_r2(
         "n_trials": int(v.size),
         "n_trials_skipped": int(skipped),
     }
+
+
+def held_out_block(config: dict, n_bins: int, nwb_identifier: str | None) -> tuple[int, int] | None:
+    """The artifact's test block when the session scored is the one it was trained on.
+
+    R² over a whole training session mixes in bins the model was fitted to, which flatters it;
+    the held-out figure must stand beside it. `config` is the artifact's config.json.
+    """
+    prov = config.get("provenance") or {}
+    same = prov.get("n_bins") == n_bins and (prov.get("meta") or {}).get("nwb_identifier") == nwb_identifier
+    test = (prov.get("split") or {}).get("test")
+    return (int(test[0]), int(test[1])) if same and test else None
+
+
+def replay_scores(sent: np.ndarray, model: np.ndarray, true: np.ndarray, valid: np.ndarray | None,
+                  held_out: tuple[int, int] | None) -> dict:
+    """R² of a replay: of the velocity sent, of the model's own output, and of the held-out block."""
+    n = sent.shape[0]
+    valid = None if valid is None else valid[:n]
+    out = {"r2": r2_scores(sent, true[:n], valid), "r2_model": r2_scores(model, true[:n], valid)}
+    if held_out is not None and n > held_out[0]:
+        a, b = held_out[0], min(held_out[1], n)
+        out["r2_held_out"] = {**r2_scores(sent[a:b], true[a:b], None if valid is None else valid[a:b]), "bins": [a, b]}
+    return out

@@ -98,4 +98,34 @@ def unique(prefix: str) -> str:
 def cli(*args: str, **popen) -> subprocess.Popen:
     """`spikestream ARGS` in a subprocess, from the repository, one torch thread."""
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "decoder_runtime.cli", *args], cwd=REPO, env=env, **popen)
+    return subprocess.Popen([sys.executable, "-m", "spikestream", *args], cwd=REPO, env=env, **popen)
+
+
+_SECTION = {"deadline_ms": "deadline", "reserve_us": "deadline", "max_backlog": "deadline", "bad_bin": "validation",
+            "late_ms": "validation", "on_gap": "validation", "record": "output", "zmq": "output",
+            "method": "adapt", "tau_s": "adapt"}
+
+
+def config(art_path, **values):
+    """A RuntimeConfig for `art_path` (torch backend, one thread, no ZeroMQ unless given) with `values` laid over."""
+    from decoder_runtime.config import RuntimeConfig
+
+    data: dict = {"model": {"artifact": str(art_path), "backend": "torch", "threads": 1}, "output": {"zmq": "none"}}
+    for key, value in values.items():
+        section = _SECTION.get(key)
+        if section is None:
+            data[key] = value
+        else:
+            data.setdefault(section, {})[key] = str(value) if isinstance(value, Path) else value
+    return RuntimeConfig.from_dict(data)
+
+
+def run(art, source, backend=None, outputs=(), stop=None, **values):
+    """One run of the runtime exactly as `serve`/`replay` assemble it (decoder_runtime.assemble)."""
+    from decoder_runtime.assemble import open_runtime
+
+    with open_runtime(config(art.path, **values), command="test", source=source, backend=backend,
+                      extra_outputs=outputs) as rt:
+        result = rt.run(stop)
+        rt.summary = result.summary()
+    return result

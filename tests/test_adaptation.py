@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from decoder_runtime.adapt import Adapter
+from decoder_runtime.adaptation.base import Adapter
 from decoder_runtime.adaptation import AdaptSettings, build_adapter, build_chain
 from decoder_runtime.adaptation.channel_health import ChannelHealth
 from decoder_runtime.adaptation.guard import OutputGuard

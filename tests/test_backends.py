@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from decoder_runtime.backend_api import BackendUnavailable
+from decoder_runtime.backends.base import BackendUnavailable
 from decoder_runtime.backends import BACKENDS, available_backends, default_backend, make_backend
 from export_helpers import assert_parity, bins, eager_reference, make_artifact, stream
 from models.artifact import ArtifactError, load_artifact
@@ -191,7 +191,7 @@ def test_default_backend(base):
 def test_backends_command():
     import typer
 
-    from decoder_runtime.backends_command import backends
+    from spikestream.commands.backends import backends
 
     app = typer.Typer()
     app.command()(backends)

@@ -14,7 +14,7 @@ from benchmarks.artifacts import build_untrained, widen
 from benchmarks.report import load_raw
 from benchmarks.stats import summarize, to_uint32_ns
 from benchmarks.step_latency import Variant, build_runner, run_interleaved
-from decoder_runtime.cli import _register, app
+from spikestream.cli import _register, app
 from replay import default_session
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmarks.drift import DRIFTS, DriftConfig, DriftEvalError, Progress, aggregate, later_day, Day0, run
-from decoder_runtime.adaptation.commands import fit_reference
+from decoder_runtime.adaptation.fit import fit_reference
 from decoder_runtime.backends import make_backend
 from models.artifact import load_artifact, save_artifact
 from replay.scoring import r2_scores

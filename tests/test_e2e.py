@@ -115,13 +115,13 @@ def test_replay_via_lsl(env, tmp_path):
 
 def test_replaying_the_training_session_scores_its_held_out_block_apart(env):
     """Whole-session R² on the training session includes fitted bins; the test block is named."""
-    from decoder_runtime.commands import _held_out_block
+    from replay.scoring import held_out_block
 
     _, s, _ = env
     prov = {"n_bins": s.n_bins, "meta": {"nwb_identifier": s.meta["nwb_identifier"]},
             "split": {"train": [0, 100], "val": [100, 150], "test": [150, 300]}}
-    assert _held_out_block({"provenance": prov}, s) == (150, 300)
+    assert held_out_block({"provenance": prov}, s.n_bins, s.meta['nwb_identifier']) == (150, 300)
     other = {**prov, "meta": {"nwb_identifier": "another-session"}}
-    assert _held_out_block({"provenance": other}, s) is None
-    assert _held_out_block({"provenance": {**prov, "n_bins": s.n_bins + 1}}, s) is None
-    assert _held_out_block({}, s) is None
+    assert held_out_block({"provenance": other}, s.n_bins, s.meta['nwb_identifier']) is None
+    assert held_out_block({"provenance": {**prov, "n_bins": s.n_bins + 1}}, s.n_bins, s.meta['nwb_identifier']) is None
+    assert held_out_block({}, s.n_bins, s.meta['nwb_identifier']) is None

@@ -14,8 +14,7 @@ import torch
 import zmq
 
 from decoder_runtime.backends import make_backend
-from decoder_runtime.engine import Engine, EngineSettings
-from decoder_runtime.fallback import WienerFallback, make_fallback
+from decoder_runtime.fallback import WienerFallback
 from decoder_runtime.messages import Flag, unpack
 from decoder_runtime.publish import Publisher, connect_subscriber
 from decoder_runtime.sources.replay import ReplaySource
@@ -58,14 +57,6 @@ class SlowFor:
         return self.inner.step(counts)
 
 
-def engine(art, source, backend=None, **kw) -> Engine:
-    settings = EngineSettings(**{k: kw.pop(k) for k in list(kw) if k in EngineSettings.__dataclass_fields__})
-    fallback = make_fallback(art)[0]
-    return Engine(source, backend or make_backend(art, "torch", "cpu", 1), model_id=art.model_id,
-                  fill=np.asarray(art.config["normalization"]["x_mean"], np.float32), settings=settings,
-                  fallback=fallback, **kw)
-
-
 def test_numpy_fallback_equals_the_wiener_step(env):
     s, art, _ = env
     fb = WienerFallback.from_module(art.fallback)
@@ -79,7 +70,7 @@ def test_numpy_fallback_equals_the_wiener_step(env):
 
 def test_inline_run_equals_offline_step(env):
     s, art, _ = env
-    r = engine(art, ReplaySource.from_session(s.slice(0, 600), None), deadline_ms=None).run()
+    r = h.run(art, ReplaySource.from_session(s.slice(0, 600), None), deadline_ms=0)
     ref = h.offline(art.model, s.counts[:600])
     assert r.n_bins == 600 and not r.flags.any()
     np.testing.assert_allclose(r.velocity, ref, rtol=1e-5, atol=1e-6)
@@ -91,7 +82,7 @@ def test_slow_steps_get_the_fallback_on_time_and_the_state_stays_exact(env):
     s, art, _ = env
     n, slow = 200, {40, 41, 100}
     backend = SlowFor(make_backend(art, "torch", "cpu", 1), slow, 0.030)
-    r = engine(art, ReplaySource.from_session(s.slice(0, n), speed=2.0), backend, deadline_ms=10.0).run()
+    r = h.run(art, ReplaySource.from_session(s.slice(0, n), speed=2.0), backend, deadline_ms=10.0)
     ref = h.offline(art.model, s.counts[:n])
     fb_ref = h.offline(art.fallback, s.counts[:n])
     missed = (r.flags & Flag.DEADLINE) != 0
@@ -107,7 +98,7 @@ def test_slow_steps_get_the_fallback_on_time_and_the_state_stays_exact(env):
 def test_without_a_fallback_a_miss_repeats_the_last_velocity(env):
     s, _, art = env
     backend = SlowFor(make_backend(art, "torch", "cpu", 1), {30}, 0.030)
-    r = engine(art, ReplaySource.from_session(s.slice(0, 60), speed=2.0), backend, deadline_ms=10.0).run()
+    r = h.run(art, ReplaySource.from_session(s.slice(0, 60), speed=2.0), backend, deadline_ms=10.0)
     assert r.flags[30] & Flag.DEADLINE and r.flags[30] & Flag.HELD and not r.flags[30] & Flag.FALLBACK
     np.testing.assert_array_equal(r.velocity[30], r.velocity[29])
 
@@ -116,8 +107,8 @@ def test_a_model_far_behind_is_withheld_bins_then_reset(env):
     s, art, _ = env
     n = 240
     backend = SlowFor(make_backend(art, "torch", "cpu", 1), set(range(20, 30)), 0.030)
-    r = engine(art, ReplaySource.from_session(s.slice(0, n), speed=4.0), backend, deadline_ms=5.0,
-               max_backlog=4).run()
+    r = h.run(art, ReplaySource.from_session(s.slice(0, n), speed=4.0), backend, deadline_ms=5.0,
+               max_backlog=4)
     assert r.n_bins == n and np.isfinite(r.velocity).all()
     dropped = np.flatnonzero(r.flags & Flag.DROPPED)
     resets = np.flatnonzero(r.flags & Flag.RESET)
@@ -155,8 +146,8 @@ def test_bad_bins_are_flagged_published_and_decoded_by_policy(env, policy):
     pub = Publisher(addr)
     sub = connect_subscriber(addr)
     time.sleep(0.3)  # let the subscription reach the publisher
-    r = engine(art, ReplaySource(counts, t, s.bin_width, None, s.n_channels), deadline_ms=None,
-               publisher=pub, bad_bin=policy).run()
+    r = h.run(art, ReplaySource(counts, t, s.bin_width, None, s.n_channels), deadline_ms=0,
+               outputs=[pub], bad_bin=policy)
     msgs = []
     while len(msgs) < n and sub.poll(2000):
         msgs.append(unpack(sub.recv_multipart()[1]))
@@ -196,7 +187,7 @@ def test_gap_policy(env, on_gap):
     n = 100
     t = (np.arange(n) + 1) * s.bin_width
     t[50:] += 2.0
-    r = engine(art, ReplaySource(s.counts[:n], t, s.bin_width, None), deadline_ms=None, on_gap=on_gap).run()
+    r = h.run(art, ReplaySource(s.counts[:n], t, s.bin_width, None), deadline_ms=0, on_gap=on_gap)
     assert r.flags[50] & Flag.GAP
     assert bool(r.flags[50] & Flag.RESET) == (on_gap == "reset")
     resets = (50,) if on_gap == "reset" else ()
@@ -207,7 +198,7 @@ def test_a_burst_of_late_bins_is_flagged_and_decoded_in_order(env):
     s, art, _ = env
     n = 120
     backend = SlowFor(make_backend(art, "torch", "cpu", 1), {30}, 0.120)
-    r = engine(art, ReplaySource.from_session(s.slice(0, n), speed=10.0), backend, deadline_ms=None).run()
+    r = h.run(art, ReplaySource.from_session(s.slice(0, n), speed=10.0), backend, deadline_ms=0)
     late = np.flatnonzero(r.flags & Flag.LATE)
     assert late.size >= 3 and late[0] == 31  # released 100+ ms behind the 2.5 ms schedule
     assert not (r.flags & ~int(Flag.LATE)).any()
@@ -219,7 +210,7 @@ def test_stop_ends_the_run_between_bins(env):
     stop = threading.Event()
     threading.Timer(0.3, stop.set).start()
     t0 = time.monotonic()
-    r = engine(art, ReplaySource.from_session(s, speed=1.0)).run(stop)
+    r = h.run(art, ReplaySource.from_session(s, speed=1.0), stop=stop)
     assert 0 < r.n_bins < s.n_bins and time.monotonic() - t0 < 5.0
     assert np.isfinite(r.velocity).all()
 

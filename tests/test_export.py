@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from export_helpers import assert_parity, bins, eager_reference, make_artifact, stream
 from models.artifact import load_artifact, sha256
 from models.registry import MODEL_NAMES
-from training.export import DEFAULT_OPSET, TOLERANCE, export, export_artifact, parse_formats
+from spikestream.commands.training import export
+from training.export import DEFAULT_OPSET, TOLERANCE, export_artifact, parse_formats
 
 torch.set_num_threads(1)
 TOL = TOLERANCE

@@ -12,9 +12,6 @@ import pytest
 import torch
 
 import runtime_helpers as h
-from decoder_runtime.backends import make_backend
-from decoder_runtime.engine import Engine, EngineSettings
-from decoder_runtime.fallback import make_fallback
 from decoder_runtime.messages import Flag, unpack
 from decoder_runtime.publish import Publisher, connect_subscriber
 from decoder_runtime.sources import SourceError
@@ -50,12 +47,6 @@ def test_a_stream_that_does_not_fit_the_artifact_is_refused(channels, rate, matc
         outlet.close()
 
 
-def _engine(art, source, publisher=None, **settings) -> Engine:
-    return Engine(source, make_backend(art, "torch", "cpu", 1), model_id=art.model_id,
-                  fill=np.asarray(art.config["normalization"]["x_mean"], np.float32),
-                  settings=EngineSettings(**settings), publisher=publisher, fallback=make_fallback(art)[0])
-
-
 def test_bad_bins_and_a_late_burst_over_a_real_outlet(env):
     """Pushed live with explicit timestamps: the source hands them over clock-corrected, and
     the engine flags NaN, negative, backwards and late bins as from any other source."""
@@ -68,7 +59,7 @@ def test_bad_bins_and_a_late_burst_over_a_real_outlet(env):
     rows[10][0] = np.nan
     rows[11][1] = -1
     result: list = []
-    runner = threading.Thread(target=lambda: result.append(_engine(art, source, deadline_ms=None, max_bins=n).run()))
+    runner = threading.Thread(target=lambda: result.append(h.run(art, source, deadline_ms=0, max_bins=n)))
     runner.start()
     assert outlet.wait_for_consumers(10)  # the engine connects when it is ready for bin one
     stamps = np.zeros(n)
@@ -112,9 +103,9 @@ def test_a_dropped_stream_that_returns_is_flagged_and_decoded_from_a_fresh_state
     stop = threading.Event()
     try:
         source = LSLSource(n_channels=s.n_channels, period=PERIOD, name=name, source_id=name, resolve_timeout_s=60)
-        eng = _engine(art, source, pub, deadline_ms=None, on_gap="reset")
         result: list = []
-        runner = threading.Thread(target=lambda: result.append(eng.run(stop)))
+        runner = threading.Thread(target=lambda: result.append(
+            h.run(art, source, outputs=[pub], stop=stop, deadline_ms=0, on_gap="reset")))
         runner.start()
         msgs = []
 

@@ -12,8 +12,6 @@ import zmq
 import zmq.auth
 
 import runtime_helpers as h
-from decoder_runtime.backends import make_backend
-from decoder_runtime.engine import Engine, EngineSettings
 from decoder_runtime.messages import TOPIC, VERSION, Flag, MessageError, MessagePacker, flag_names, unpack
 from decoder_runtime.publish import PublishError, Publisher, connect_subscriber, is_loopback
 from decoder_runtime.sources.replay import ReplaySource
@@ -112,10 +110,7 @@ def test_a_subscriber_that_stops_reading_never_slows_the_decoder(tmp_path_factor
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert pub.wait_for_subscriber(5.0) and pub.wait_for_subscriber(60.0)
-        eng = Engine(ReplaySource(counts, t, s.bin_width, None), make_backend(art, "torch", "cpu", 1),
-                     model_id=art.model_id, fill=np.asarray(art.config["normalization"]["x_mean"], np.float32),
-                     settings=EngineSettings(deadline_ms=None), publisher=pub)
-        r = eng.run()
+        r = h.run(art, ReplaySource(counts, t, s.bin_width, None), outputs=[pub], deadline_ms=0)
         assert listener.wait(60) == 0
     finally:
         listener.kill()

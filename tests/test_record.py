@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import json
 import textwrap
 import time
 
@@ -13,11 +14,8 @@ import pytest
 import torch
 
 import runtime_helpers as h
-from decoder_runtime.backends import make_backend
-from decoder_runtime.engine import Engine, EngineSettings
-from decoder_runtime.fallback import make_fallback
 from decoder_runtime.messages import Flag
-from decoder_runtime.record import STAGES, SessionRecorder, read_record
+from decoder_runtime.record import STAGES, read_record
 from decoder_runtime.sources.replay import ReplaySource
 
 torch.set_num_threads(1)
@@ -36,15 +34,7 @@ def test_a_run_reads_back_with_pynwb(env, tmp_path):
     counts = [s.counts[k] for k in range(n)]
     counts[7] = np.ones(s.n_channels + 1, np.float32)  # wrong length: recorded as a NaN row
     path = tmp_path / "run.nwb"
-    settings = {"command": "test", "deadline_ms": None}
-    rec = SessionRecorder(path, s.n_channels, artifact_config=art.config, settings=settings, description="test run",
-                          t0_ns=time.monotonic_ns())
-    eng = Engine(ReplaySource(counts, s.t[:n], s.bin_width, None, s.n_channels), make_backend(art, "torch", "cpu", 1),
-                 model_id=art.model_id, fill=np.asarray(art.config["normalization"]["x_mean"], np.float32),
-                 settings=EngineSettings(deadline_ms=None), recorder=rec, fallback=make_fallback(art)[0])
-    r = eng.run()
-    summary = r.summary()
-    rec.close(summary, ["bin 3: something happened"])
+    r = h.run(art, ReplaySource(counts, s.t[:n], s.bin_width, None, s.n_channels), deadline_ms=0, record=path)
 
     got = read_record(path)
     good = np.arange(n) != 7
@@ -59,9 +49,13 @@ def test_a_run_reads_back_with_pynwb(env, tmp_path):
     assert got["stamps"].shape == (n, len(STAGES))
     assert (np.diff(got["time"]) > 0).all()
     assert got["artifact_config"] == art.config
-    assert got["run_settings"] == settings
-    assert got["run_summary"]["n_bins"] == n
-    assert got["events"] == ["bin 3: something happened"]
+    # the whole run description, readable back into the config that made it
+    from decoder_runtime.config import RuntimeConfig
+
+    assert RuntimeConfig.from_dict(got["run_settings"]["config"]) == h.config(art.path, deadline_ms=0, record=path)
+    assert got["run_settings"]["backend"] == "torch" and got["run_settings"]["command"] == "test"
+    assert got["run_summary"] == json.loads(json.dumps(r.summary(), default=float))
+    assert got["events"] == list(r.events)
 
 
 CRASHING_WRITER = textwrap.dedent("""

@@ -5,7 +5,7 @@ import typer
 from typer.testing import CliRunner
 
 from replay import read_nwb
-from replay.commands import info, simulate
+from spikestream.commands.data import info, simulate
 
 app = typer.Typer()
 app.command("simulate")(simulate)

@@ -237,7 +237,7 @@ def test_seed_stats_mean_std_and_t_interval():
 def test_cli_train_and_evaluate_on_an_nwb_file(tmp_path):
     from typer.testing import CliRunner
 
-    from decoder_runtime.cli import _register, app
+    from spikestream.cli import _register, app
     from replay.nwb_reader import read_nwb
     from replay.simulator import simulate_nwb
 

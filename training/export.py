@@ -18,11 +18,9 @@ import logging
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
 import torch
-import typer
 from torch import Tensor, nn
 
 from models.artifact import ArtifactError, load_artifact, read_config, update_config
@@ -277,36 +275,3 @@ def export_artifact(path: str | Path, formats: str | Sequence[str] = FORMATS,
         except OSError as e:
             raise ArtifactError(f"{path}: could not record the export in config.json ({e})") from None
     return entry
-
-
-def export(
-    run: Annotated[Path, typer.Argument(help="artifact folder, e.g. runs/NAME")],
-    format: Annotated[str, typer.Option(help="comma-separated: torchscript,onnx")] = ",".join(FORMATS),  # noqa: A002
-    opset: Annotated[int, typer.Option(help="ONNX opset")] = DEFAULT_OPSET,
-    exporter: Annotated[str, typer.Option(help="ONNX exporter: auto (dynamo, else legacy), dynamo or torchscript")] = "auto",
-) -> None:
-    """Export an artifact's single-bin step to TorchScript and/or ONNX (state as explicit I/O)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    try:
-        formats = parse_formats(format)
-        entry = export_artifact(run, formats, opset=opset, exporter=exporter)
-    except (ArtifactError, ExportError, ValueError) as e:
-        console.print(f"[red]export failed:[/red] {e}")
-        raise typer.Exit(1) from None
-    table = Table(title=f"exported {run}")
-    for col in ("format", "file", "how", "max |diff| vs eager (data / normalised)", "size"):
-        table.add_column(col)
-    for fmt in formats:
-        e = entry[fmt]
-        how = e.get("method") or f"{e['exporter']} exporter, opset {e['opset']}"
-        if e.get("fallback_reason"):
-            how += f" (dynamo failed: {e['fallback_reason']})"
-        size = (Path(run) / e["file"]).stat().st_size
-        diff = f"{e['max_abs_diff']:.2e} / {e['max_diff_normalised']:.2e}"
-        table.add_row(fmt, e["file"], how, diff, f"{size / 1024:.0f} KiB")
-    console.print(table)
-    io = ", ".join(i["name"] for i in entry["inputs"]) + " -> " + ", ".join(o["name"] for o in entry["outputs"])
-    console.print(f"graph: {io}")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.machine import cpu_model
+from models.provenance import cpu_model
 from models.registry import MODEL_NAMES
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from decoder_runtime.adapt import Adapter
+from decoder_runtime.adaptation.base import Adapter
 from decoder_runtime.adaptation.channel_health import ChannelHealth
 from decoder_runtime.adaptation.guard import OutputGuard
 from decoder_runtime.adaptation.latent_align import LatentAlign

@@ -7,7 +7,7 @@ what `available_backends()` (and `spikestream backends`) report.
 """
 from __future__ import annotations
 
-from decoder_runtime.backend_api import Backend, BackendUnavailable
+from decoder_runtime.backends.base import Backend, BackendUnavailable
 from decoder_runtime.backends.cudagraph import CudaGraphBackend
 from decoder_runtime.backends.numba_lstm import NumbaLSTMBackend
 from decoder_runtime.backends.onnx_runtime import OnnxBackend

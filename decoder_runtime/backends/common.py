@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from decoder_runtime.backend_api import BackendUnavailable
+from decoder_runtime.backends.base import BackendUnavailable
 from models.artifact import Artifact, verify_file
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from decoder_runtime.backend_api import BackendUnavailable
+from decoder_runtime.backends.base import BackendUnavailable
 from decoder_runtime.backends.common import cuda_missing, resolve_device
 from models.artifact import Artifact
 

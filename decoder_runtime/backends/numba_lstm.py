@@ -21,7 +21,7 @@ import importlib.util
 import numpy as np
 import torch
 
-from decoder_runtime.backend_api import BackendUnavailable
+from decoder_runtime.backends.base import BackendUnavailable
 from models.artifact import Artifact
 
 TOLERANCE = 1e-4

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from decoder_runtime.backend_api import BackendUnavailable
+from decoder_runtime.backends.base import BackendUnavailable
 from decoder_runtime.backends.common import exported_file, initial_state
 from models.artifact import Artifact, ArtifactError
 

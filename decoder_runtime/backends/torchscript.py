@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from decoder_runtime.backend_api import BackendUnavailable
+from decoder_runtime.backends.base import BackendUnavailable
 from decoder_runtime.backends.common import cuda_missing, export_entry, exported_file, initial_state, resolve_device
 from models.artifact import Artifact
 

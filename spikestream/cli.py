@@ -1,7 +1,7 @@
-"""The `spikestream` command line: one typer app, commands defined beside what they drive.
+"""The `spikestream` command line: one typer app gathering every area's commands.
 
-Each area keeps its commands in its own module; this file only gathers them. It is the one
-place that reaches into `training` and `benchmarks`, so the runtime's data path never does.
+The composition root: the only code that sees every package (`replay`, `models`,
+`training`, `decoder_runtime`, `benchmarks`); none of them imports from here.
 """
 from __future__ import annotations
 
@@ -17,40 +17,16 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from replay import commands as replay_commands
+    """Attach every area's commands; each module imports its heavy libraries inside its commands."""
+    from spikestream.commands import adaptation, backends, bench, data, runtime, training
 
-    app.command("simulate")(replay_commands.simulate)
-    app.command("info")(replay_commands.info)
-
-    from training import commands as training_commands
-
-    app.command("train")(training_commands.train)
-    app.command("evaluate")(training_commands.evaluate)
-
-    from decoder_runtime import backends_command
-    from training import export as export_command
-
-    app.command("export")(export_command.export)
-    app.command("backends")(backends_command.backends)
-
-    from benchmarks import commands as bench_commands
-
-    app.command("bench")(bench_commands.bench)
-
-    from decoder_runtime import commands as runtime_commands
-
-    app.command("serve")(runtime_commands.serve)
-    app.command("replay")(runtime_commands.replay)
-    app.command("listen")(runtime_commands.listen)
-    app.command("stream-nwb")(runtime_commands.stream_nwb)
-
-    from decoder_runtime.adaptation import commands as adapt_commands
-
-    app.command("adapt-fit")(adapt_commands.adapt_fit)
-
-    from benchmarks import drift as drift_benchmark
-
-    app.command("evaluate-drift")(drift_benchmark.evaluate_drift)
+    for name, fn in (("simulate", data.simulate), ("info", data.info),
+                     ("train", training.train), ("evaluate", training.evaluate), ("export", training.export),
+                     ("backends", backends.backends), ("bench", bench.bench),
+                     ("serve", runtime.serve), ("replay", runtime.replay), ("listen", runtime.listen),
+                     ("stream-nwb", runtime.stream_nwb), ("adapt-fit", adaptation.adapt_fit),
+                     ("evaluate-drift", bench.evaluate_drift)):
+        app.command(name)(fn)
 
 
 @app.command()

@@ -10,6 +10,7 @@ import shlex
 import sys
 import tempfile
 from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -122,3 +123,38 @@ def bench(
     if out is not None:
         files = write_outputs(results, raw, out)
         console.print(f"wrote {', '.join(str(f) for f in files)}")
+
+
+def evaluate_drift(
+    model: Annotated[list[str], typer.Option("--model", "-m", help="model to evaluate (repeatable)")] = ["lstm", "wiener"],  # noqa: B006
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="runs/<model> is taken if present, else trained there")] = Path("runs/drift"),
+    seeds: Annotated[int, typer.Option("--seeds", help="evaluation seeds (training seeds and later days)")] = 3,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="epochs when a network must be trained")] = None,
+    minutes: Annotated[float, typer.Option("--minutes", help="length of each later-day session")] = 8.0,
+    kinds: Annotated[Optional[str], typer.Option("--kinds", help="comma list of drift kinds: none, baseline, gain, dead10, dead30, noisy, combined (default: all)")] = None,
+    methods: Annotated[Optional[str], typer.Option("--methods", help="comma list of adaptation methods: none, health, norm, norm+health, full (default: all)")] = None,
+    tau: Annotated[float, typer.Option("--adapt-tau", help="running-normalisation time constant, s")] = 60.0,
+    out: Annotated[Path, typer.Option("--out", help="where drift.json and drift.md go")] = Path("benchmarks/results"),
+) -> None:
+    """Streaming R² on later simulated days with each kind of drift, per adaptation method."""
+    from benchmarks.drift import DRIFTS, DriftConfig, DriftEvalError, Progress, markdown, run, take_or_train
+    from decoder_runtime.adaptation import METHODS
+    from models.artifact import ArtifactError
+
+    console = Console()
+    progress = Progress(console.print)
+    argv = sys.argv[1:]
+    command = "spikestream " + shlex.join(argv) if argv[:1] == ["evaluate-drift"] else "evaluate-drift (in-process)"
+    try:
+        cfg = DriftConfig(
+            runs={m: take_or_train(m, runs_dir / m, seeds, epochs, progress) for m in model},
+            seeds=seeds, minutes=minutes, tau_s=tau, command=command,
+            kinds=tuple(kinds.split(",")) if kinds else tuple(DRIFTS),
+            methods=tuple(methods.split(",")) if methods else tuple(METHODS),
+        )
+        results = run(cfg, out, progress)
+    except (DriftEvalError, ArtifactError, ValueError, OSError) as e:
+        console.print(f"[red]evaluate-drift: {e}[/red]")
+        raise typer.Exit(1) from None
+    console.print(markdown(results))
+    console.print(f"wrote {out / 'drift.md'} and {out / 'drift.json'}")

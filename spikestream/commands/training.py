@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -176,3 +177,34 @@ def _evaluate_one(folder: Path, session) -> dict:
         console.print(f"[yellow]{folder}: the session's unit ids differ from the artifact's channel ids "
                       "(same count); scoring assumes the channel order matches[/yellow]")
     return result
+
+def export(
+    run: Annotated[Path, typer.Argument(help="artifact folder, e.g. runs/NAME")],
+    format: Annotated[str, typer.Option(help="comma-separated: torchscript,onnx")] = "torchscript,onnx",  # noqa: A002
+    opset: Annotated[int, typer.Option(help="ONNX opset")] = 20,
+    exporter: Annotated[str, typer.Option(help="ONNX exporter: auto (dynamo, else legacy), dynamo or torchscript")] = "auto",
+) -> None:
+    """Export an artifact's single-bin step to TorchScript and/or ONNX (state as explicit I/O)."""
+    from models.artifact import ArtifactError
+    from training.export import ExportError, export_artifact, parse_formats
+
+    try:
+        formats = parse_formats(format)
+        entry = export_artifact(run, formats, opset=opset, exporter=exporter)
+    except (ArtifactError, ExportError, ValueError) as e:
+        console.print(f"[red]export failed:[/red] {e}")
+        raise typer.Exit(1) from None
+    table = Table(title=f"exported {run}")
+    for col in ("format", "file", "how", "max |diff| vs eager (data / normalised)", "size"):
+        table.add_column(col)
+    for fmt in formats:
+        e = entry[fmt]
+        how = e.get("method") or f"{e['exporter']} exporter, opset {e['opset']}"
+        if e.get("fallback_reason"):
+            how += f" (dynamo failed: {e['fallback_reason']})"
+        size = (Path(run) / e["file"]).stat().st_size
+        diff = f"{e['max_abs_diff']:.2e} / {e['max_diff_normalised']:.2e}"
+        table.add_row(fmt, e["file"], how, diff, f"{size / 1024:.0f} KiB")
+    console.print(table)
+    io = ", ".join(i["name"] for i in entry["inputs"]) + " -> " + ", ".join(o["name"] for o in entry["outputs"])
+    console.print(f"graph: {io}")

@@ -1,0 +1,1 @@
+"""One module of typer commands per area; `spikestream.cli` gathers them."""
