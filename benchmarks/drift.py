@@ -7,10 +7,11 @@ Every later-day session is streamed WHOLE, bin by bin, through the adaptation ch
 model's `step` from `init_state`, with the guard fed each output: the runtime's path. The
 R² is `replay.scoring.r2_scores` over every bin with behaviour, adaptation warm-up included.
 
-Streams of one seed (every drift kind x every method) share one batched `step` call per
-bin, which is the same arithmetic as batch 1; `backend_parity` checks one stream against
-`make_backend(artifact, "torch", "cpu")` at batch 1 and the report states the difference.
-Latent fits run inline (`threaded=False`): the parameters swap in at exactly the bin a
+Every stream goes through the runtime's own per-bin core (`decoder_runtime.core.BinCore`:
+validate -> adapt -> step -> observe, the code a session runs) on the fastest CPU backend
+that runs the artifact (`backend="auto"`; networks are exported first if needed);
+`backend_parity` checks one stream against the eager torch backend and the report states
+the difference. Latent fits run inline (`threaded=False`): the parameters swap in at exactly the bin a
 real-time worker thread would deliver them (1 s after the block closes; a fit takes a few
 ms), so results are deterministic. The per-bin cost is measured separately, threaded, as
 the runtime runs it.
@@ -34,6 +35,10 @@ from decoder_runtime.adaptation import METHODS, AdaptationChain, AdaptSettings, 
 from decoder_runtime.adaptation.fit import fit_reference
 from decoder_runtime.adaptation.latent_align import load_latent
 from decoder_runtime.adaptation.reference import TrainingReference
+from decoder_runtime.assemble import artifact_fill, offline_core
+from decoder_runtime.backends import make_backend
+from decoder_runtime.core import decode_offline
+from decoder_runtime.timing import ADAPTED, STEP_END, STEPPED, VALIDATED
 from models.artifact import Artifact, load_artifact
 from replay import DriftSpec, read_nwb, simulate_nwb
 from replay.defaults import cache_dir
@@ -81,6 +86,7 @@ class DriftConfig:
     latent_k: int = 12
     latency_bins: int = 8000
     threads: int = 1
+    backend: str = "auto"
     command: str = ""
 
     def __post_init__(self) -> None:
@@ -141,70 +147,39 @@ def make_chain(artifact: Artifact, method: str, cfg: DriftConfig, threaded: bool
     return build_chain(TrainingReference.from_artifact(artifact), settings, latent)
 
 
-@torch.inference_mode()
-def stream(model: torch.nn.Module, counts: list[np.ndarray], chains: list[AdaptationChain]) -> np.ndarray:
-    """[N, T, 2]: stream i is counts[i] through chains[i] and the model's step, one bin at a time."""
-    n, t_len = len(counts), min(c.shape[0] for c in counts)
-    x = np.empty((n, counts[0].shape[1]), dtype=np.float32)
-    xt = torch.from_numpy(x)
-    out = np.empty((n, t_len, 2), dtype=np.float32)
-    state = model.init_state(n)
-    for ch in chains:
-        ch.reset()
-    for t in range(t_len):
-        for i in range(n):
-            x[i] = chains[i].process(counts[i][t])
-        y, state = model.step(xt, state)
-        yn = y.numpy()
-        out[:, t] = yn
-        for i in range(n):
-            chains[i].observe(yn[i])
-    return out
+def decode(artifact: Artifact, backend, counts: np.ndarray, chain: AdaptationChain):
+    """One later-day stream through the runtime's per-bin core: (velocity [T, 2], stamps [T, 8])."""
+    core = offline_core(backend, artifact_fill(artifact), artifact.bin_width, chain)
+    vel, _, stamps = decode_offline(core, counts)
+    return vel, stamps
 
 
-def backend_parity(artifact: Artifact, counts: np.ndarray, chain: AdaptationChain, batched: np.ndarray) -> float:
-    """Max |batched - batch-1 backend| over one whole stream: the batching changes nothing."""
+def backend_parity(artifact: Artifact, counts: np.ndarray, chain: AdaptationChain, fast: np.ndarray) -> float:
+    """Max |streamed with the drift's backend - the eager torch reference| over one whole stream."""
     from decoder_runtime.backends import make_backend
 
-    backend = make_backend(artifact, "torch", "cpu")
-    backend.reset()
-    chain.reset()
-    worst = 0.0
-    for t in range(batched.shape[0]):
-        y = backend.step(chain.process(counts[t]))
-        chain.observe(y)
-        worst = max(worst, float(np.abs(y - batched[t]).max()))
-    return worst
+    ref, _ = decode(artifact, make_backend(artifact, "torch", "cpu", 1), counts, chain)
+    return float(np.abs(ref - fast).max())
 
 
-def chain_latency(artifact: Artifact, counts: np.ndarray, outputs: dict[str, np.ndarray], cfg: DriftConfig) -> list[dict]:
-    """Per-bin cost (µs) of each method's process + observe, latent fits in their worker
-    thread, measured two ways: alone (the guard fed the method's own streamed outputs), and
-    between real model steps (backend step not timed), as the runtime's loop runs it: a
-    model step evicts caches, which slows whatever code runs right after it. Methods take
-    turns bin by bin, so machine noise falls on all of them alike."""
+def chain_latency(artifact: Artifact, backend, counts: np.ndarray, cfg: DriftConfig) -> list[dict]:
+    """Per-bin cost (µs) of each method in the runtime's core, latent fits in their worker thread.
+
+    From the core's own stage stamps: adapt (validated -> adapted, the chain's `process`) plus
+    observe (step_end -> stepped), between real model steps as a session runs it (a model step
+    evicts caches, which slows whatever code runs right after it). Methods run one after
+    another over the same bins.
+    """
     from benchmarks.stats import summarize
-    from decoder_runtime.backends import make_backend
 
     n = min(cfg.latency_bins, counts.shape[0])
-    out = {m: {} for m in cfg.methods}
-    clock = time.perf_counter_ns
-    for where in ("alone", "in_loop"):
-        runs = [(m, make_chain(artifact, m, cfg, threaded=True), make_backend(artifact, "torch", "cpu"),
-                 np.empty(n, dtype=np.int64)) for m in cfg.methods]
-        for t in range(n):
-            for method, chain, backend, ns in runs:
-                t0 = clock()
-                x = chain.process(counts[t])
-                t1 = clock()
-                y = backend.step(x) if where == "in_loop" else outputs[method][t]
-                t2 = clock()
-                chain.observe(y)
-                ns[t] = clock() - t2 + t1 - t0
-        for method, _, _, ns in runs:
-            s = summarize(ns)
-            out[method][where] = {"p50_us": s["p50"], "p99_us": s["p99"], "p99.9_us": s["p99.9"], "max_us": s["max"]}
-    return [{"method": m, "n": n, **v} for m, v in out.items()]
+    rows = []
+    for method in cfg.methods:
+        _, st = decode(artifact, backend, counts[:n], make_chain(artifact, method, cfg, threaded=True))
+        s = summarize((st[:, ADAPTED] - st[:, VALIDATED]) + (st[:, STEPPED] - st[:, STEP_END]))
+        rows.append({"method": method, "n": n,
+                     "in_loop": {"p50_us": s["p50"], "p99_us": s["p99"], "p99.9_us": s["p99.9"], "max_us": s["max"]}})
+    return rows
 
 
 def event_summary(chain: AdaptationChain) -> dict:
@@ -225,6 +200,16 @@ class Progress:
         self.say(f"[{time.perf_counter() - self.started:7.0f} s] {text}")
 
 
+def ensure_exported(artifact: Artifact) -> Artifact:
+    """The artifact with an ONNX export when its fastest CPU backend needs one (all but LSTMs: numba)."""
+    if artifact.config["model"]["name"] == "lstm" or "onnx" in (artifact.config.get("export") or {}):
+        return artifact
+    from training.export import export_artifact
+
+    export_artifact(artifact.path, ("onnx",))
+    return load_artifact(artifact.path)
+
+
 def ensure_latent(artifact: Artifact, k: int) -> Artifact:
     """The artifact with its latent reference (fitted on its own training block if missing)."""
     if "latent" in artifact.config.get("adaptation", {}):
@@ -242,6 +227,7 @@ class SeedRun:
     combos: list[tuple[str, str]]  # (kind, method) of each stream
     preds: np.ndarray  # [len(combos), T, 2]
     chains: list[AdaptationChain]
+    backend: object  # the backend every stream ran on (cfg.backend, resolved)
 
     def pred(self, kind: str, method: str) -> np.ndarray:
         return self.preds[self.combos.index((kind, method))]
@@ -256,9 +242,11 @@ def run_seed(label: str, artifact: Artifact, seed: int, cfg: DriftConfig, progre
         sessions[kind] = later_day(day0, kind, seed, cfg.minutes, artifact.bin_width)
     combos = [(k, m) for k in cfg.kinds for m in cfg.methods]
     chains = [make_chain(artifact, m, cfg) for _, m in combos]
-    progress(f"{label} seed {seed}: streaming {len(combos)} sessions x methods through step")
-    preds = stream(artifact.model.cpu().eval(), [sessions[k].counts for k, _ in combos], chains)
-    return SeedRun(artifact, sessions, combos, preds, chains)
+    backend = make_backend(artifact, cfg.backend, "cpu", cfg.threads)
+    progress(f"{label} seed {seed}: streaming {len(combos)} sessions x methods through the runtime's core "
+             f"({backend.name})")
+    preds = np.stack([decode(artifact, backend, sessions[k].counts, ch)[0] for (k, _), ch in zip(combos, chains)])
+    return SeedRun(artifact, sessions, combos, preds, chains, backend)
 
 
 def score_rows(label: str, seed: int, run: SeedRun) -> list[dict]:
@@ -273,7 +261,7 @@ def score_rows(label: str, seed: int, run: SeedRun) -> list[dict]:
 
 
 def evaluate(cfg: DriftConfig, progress: Progress) -> dict:
-    """Every model x seed x drift kind x method; batch-1 parity per model; latency once."""
+    """Every model x seed x drift kind x method; backend parity per model; latency once."""
     torch.set_num_threads(cfg.threads)
     rows, parity, latency = [], {}, []
     kind = "combined" if "combined" in cfg.kinds else cfg.kinds[-1]  # where parity and latency are measured
@@ -282,20 +270,22 @@ def evaluate(cfg: DriftConfig, progress: Progress) -> dict:
             artifact = load_artifact(folders[seed % len(folders)])
             if "full" in cfg.methods:
                 artifact = ensure_latent(artifact, cfg.latent_k)
+            if cfg.backend == "auto":
+                artifact = ensure_exported(artifact)
             run = run_seed(label, artifact, seed, cfg, progress)
             rows += score_rows(label, seed, run)
             if seed:
                 continue
             method = cfg.methods[-1]
-            progress(f"{label}: batch-1 backend parity on {kind}/{method}")
+            progress(f"{label}: {run.backend.name} vs eager torch on {kind}/{method}")
             diff = backend_parity(artifact, run.sessions[kind].counts, make_chain(artifact, method, cfg),
                                   run.pred(kind, method))
             y_std = float(np.max(artifact.config["normalization"]["y_std"]))
-            parity[label] = {"kind": kind, "method": method, "max_abs_diff": diff, "relative_to_y_std": diff / y_std}
+            parity[label] = {"kind": kind, "method": method, "backend": run.backend.name, "max_abs_diff": diff,
+                             "relative_to_y_std": diff / y_std}
             if not latency:
                 progress(f"per-bin cost of each method on {kind}")
-                outputs = {m: run.pred(kind, m) for m in cfg.methods}
-                latency = chain_latency(artifact, run.sessions[kind].counts, outputs, cfg)
+                latency = chain_latency(artifact, run.backend, run.sessions[kind].counts, cfg)
     return {"rows": rows, "parity": parity, "latency": latency}
 
 
@@ -372,21 +362,18 @@ def markdown(results: dict) -> str:
         lines += [f"No-drift control, R² change from adaptation (must be ≥ -0.01): {ctrl}", ""]
         p = results["parity"].get(label)
         if p:
-            lines += [f"Batched streaming vs `make_backend(artifact, 'torch', 'cpu')` at batch 1 "
-                      f"({p['kind']}/{p['method']}, whole session): max |Δvelocity| = {p['max_abs_diff']:.2e} "
-                      f"({p['relative_to_y_std']:.1e} of the training velocity s.d.)", ""]
+            lines += [f"Streamed through the runtime's per-bin core on the `{p.get('backend', 'torch')}` backend; against "
+                      f"eager torch on one whole stream ({p['kind']}/{p['method']}): max |Δvelocity| = "
+                      f"{p['max_abs_diff']:.2e} ({p['relative_to_y_std']:.1e} of the training velocity s.d.)", ""]
     if results["latency"]:
-        heads = ["method", "alone p50 µs", "alone p99 µs", "alone max µs",
-                 "in loop p50 µs", "in loop p99 µs", "in loop p99.9 µs", "in loop max µs"]
-        rows = [[x["method"], *(f"{x['alone'][k]:.1f}" for k in ("p50_us", "p99_us", "max_us")),
-                 *(f"{x['in_loop'][k]:.1f}" for k in ("p50_us", "p99_us", "p99.9_us", "max_us"))]
+        heads = ["method", "p50 µs", "p99 µs", "p99.9 µs", "max µs"]
+        rows = [[x["method"], *(f"{x['in_loop'][k]:.1f}" for k in ("p50_us", "p99_us", "p99.9_us", "max_us"))]
                 for x in results["latency"]]
         n = results["latency"][0]["n"]
         lines += ["## Per-bin cost of adaptation", "",
-                  f"`process` + `observe` per bin over {n} bins of the first model's `combined` session, latent "
-                  "fits in their worker thread. *Alone*: the chain by itself; *in loop*: between real model steps "
-                  "(not timed), as the runtime runs it — a model step evicts caches, so the same code runs slower "
-                  "right after one.", "", markdown_table(heads, rows), ""]
+                  f"`process` + `observe` per bin in the runtime's core (its stage stamps), over {n} bins of the first "
+                  "model's `combined` session, between real model steps, latent fits in their worker thread.", "",
+                  markdown_table(heads, rows), ""]
     lines += ["## Drift kinds", "", *(f"- `{k}`: {DRIFT_NOTES[k]}" for k in cfg["kinds"]), "",
               "## Machine", "", f"{results['machine']['cpu']}, {results['machine']['usable_cores']} usable cores, "
               f"load average at start {results['machine']['loadavg'][0]:.2f}"

@@ -65,15 +65,14 @@ def make_adapter(artifact: "Artifact", adapt: AdaptConfig, *, threaded: bool = T
         raise AssemblyError(str(e)) from None
 
 
-def make_core(artifact: "Artifact", backend: "Backend", cfg: RuntimeConfig, adapter: Adapter | None = None,
-              *, use_fallback: bool = True) -> tuple[BinCore, str]:
+def make_core(artifact: "Artifact", backend: "Backend", cfg: RuntimeConfig,
+              adapter: Adapter | None = None) -> tuple[BinCore, str]:
     """validate -> adapt -> step core for `artifact` under `cfg`, and a note on its fallback."""
     from decoder_runtime.fallback import make_fallback
 
-    fallback, note = make_fallback(artifact) if use_fallback else (None, "none (offline)")
-    fill = np.asarray(artifact.config["normalization"]["x_mean"], dtype=np.float32)
+    fallback, note = make_fallback(artifact)
     v = cfg.validation
-    validator = Validator(artifact.n_channels, artifact.bin_width, fill, v.bad_bin,
+    validator = Validator(artifact.n_channels, artifact.bin_width, artifact_fill(artifact), v.bad_bin,
                           None if v.late_ms is None else v.late_ms / 1e3)
     model_vel = np.full((1, 2), np.nan, dtype=np.float32)  # replaced by the engine's log
     d = cfg.deadline
@@ -82,16 +81,21 @@ def make_core(artifact: "Artifact", backend: "Backend", cfg: RuntimeConfig, adap
     return BinCore(validator, stepper, adapter=adapter, fallback=fallback, on_gap=v.on_gap), note
 
 
-def offline_core(artifact: "Artifact", backend: "Backend", adapter: Adapter | None = None) -> BinCore:
+def offline_core(backend: "Backend", fill: np.ndarray, period: float, adapter: Adapter | None = None) -> BinCore:
     """The session's core for offline decoding: inline step (no deadline), no fallback needed.
 
     Offline bins are never late, so a deadline could only add nondeterminism; everything
     else (validation, adaptation, the step, gap handling) is the session's own code.
+    `fill` is the training mean counts (the artifact's normalization.x_mean).
     """
-    cfg = RuntimeConfig.from_dict({"model": {"artifact": str(artifact.path)}, "deadline": {"deadline_ms": 0}})
-    core, _ = make_core(artifact, backend, cfg, adapter, use_fallback=False)
-    core.stepper.model_vel = np.full((1 << 20, 2), np.nan, dtype=np.float32)
-    return core
+    fill = np.asarray(fill, dtype=np.float32)
+    validator = Validator(fill.shape[0], period, fill, "impute")
+    return BinCore(validator, InlineStepper(backend, np.full((1, 2), np.nan, np.float32)), adapter=adapter)
+
+
+def artifact_fill(artifact: "Artifact") -> np.ndarray:
+    """The counts a bad channel is imputed with: the artifact's training mean."""
+    return np.asarray(artifact.config["normalization"]["x_mean"], dtype=np.float32)
 
 
 def open_source(cfg: RuntimeConfig, artifact: "Artifact", session: "BinnedSession | None" = None) -> "Source":

@@ -30,7 +30,7 @@ import numpy as np
 from decoder_runtime.adaptation.base import Adapter
 from decoder_runtime.messages import Flag
 from decoder_runtime.stepping import InlineStepper, ThreadedStepper
-from decoder_runtime.timing import ADAPTED, STEP_BEGIN, STEP_END, STEPPED, VALIDATED
+from decoder_runtime.timing import ADAPTED, STAGES, STEP_BEGIN, STEP_END, STEPPED, VALIDATED
 from decoder_runtime.validate import Validator
 
 if TYPE_CHECKING:
@@ -114,21 +114,27 @@ class BinCore:
         return flags
 
 
-def decode_offline(core: BinCore, counts: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(velocity float32[T, 2] sent, flags int32[T]) of counts[T, C] stamped t[T], bin by bin.
+def decode_offline(core: BinCore, counts: np.ndarray,
+                   t: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(velocity float32[T, 2] sent, flags int32[T], stage stamps int64[T, 8]) of counts[T, C]
+    stamped t[T], bin by bin.
 
     The same `BinCore.decode` a session runs, without a source clock (no bin is late) and
-    without a deadline (an inline stepper never misses one).
+    without a deadline (an inline stepper never misses one). Without `t`, bins are taken as
+    consecutive (one period apart).
     """
-    n = len(t)
+    n = len(counts)
+    if t is None:
+        t = (np.arange(n) + 1) * core.validator.period
     vel = np.empty((n, 2), dtype=np.float32)
     flags = np.empty(n, dtype=np.int32)
-    stamps = np.zeros(8, dtype=np.int64)
+    core.stepper.model_vel = np.full((n, 2), np.nan, dtype=np.float32)
+    stamps = np.zeros((n, len(STAGES)), dtype=np.int64)
     core.start()
     try:
         for k in range(n):
-            flags[k] = core.decode(k, counts[k], float(t[k]), 0.0, 0, 0, stamps)
+            flags[k] = core.decode(k, counts[k], float(t[k]), 0.0, 0, 0, stamps[k])
             vel[k] = core.vx, core.vy
     finally:
         core.finish()
-    return vel, flags
+    return vel, flags, stamps

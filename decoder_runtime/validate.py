@@ -67,6 +67,7 @@ class Validator:
         self.policy = BadBinPolicy(policy)
         self.fill = fill
         self.late_s = period if late_s is None else float(late_s)
+        self.period = period
         self.gap_s = gap_factor * period
         self.x = np.zeros(n_channels, dtype=np.float32)  # the bin to decode, valid unless DROPPED
         self._shape = (n_channels,)

@@ -34,6 +34,7 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="where the demo's artifact and session record go"),
     model: str = typer.Option("lstm", "--model", help="which decoder to train for the demo"),
     retrain: bool = typer.Option(False, "--retrain", help="train again even if OUT already holds an artifact"),
+    zmq: str = typer.Option("tcp://127.0.0.1:5555", "--zmq", help="where the replay publishes its velocities ('none': nowhere)"),
 ) -> None:
     """The main job on the built-in default: train, export, then replay through the runtime.
 
@@ -45,7 +46,7 @@ def demo(
     if retrain or not (out / "config.json").is_file():
         steps.append(["train", "--model", model, "--out", str(out)])
     steps.append(["export", str(out)])
-    steps.append(["replay", str(out), "--speed", "max", "--record", str(out / "session.nwb")])
+    steps.append(["replay", str(out), "--speed", "max", "--record", str(out / "session.nwb"), "--zmq", zmq])
     for args in steps:
         typer.secho(f"$ spikestream {' '.join(args)}", bold=True)
         code = app(args, standalone_mode=False)  # click returns a failing step's exit code

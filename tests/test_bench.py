@@ -67,7 +67,7 @@ def test_bench_cli_smoke(tmp_path) -> None:
     out = tmp_path / "bench"
     _register()
     res = CliRunner().invoke(app, [
-        "bench", "--models", "lstm", "--backends", "torch", "--devices", "cpu", "--bins", "300", "--warmup", "20",
+        "bench", "--model", "lstm", "--backend", "torch", "--device", "cpu", "--bins", "300", "--warmup", "20",
         "--round", "100", "--no-e2e", "--no-runtime", "--scaling-bins", "100", "--channels", "96,300", "--widths", "32,64",
         "--out", str(out),
     ])

@@ -251,7 +251,7 @@ def test_cli_train_and_evaluate_on_an_nwb_file(tmp_path):
     assert "kalman" in res.output and "held-out test block" in res.output and (tmp_path / "run" / "config.json").is_file()
     prov = read_config(tmp_path / "run")["provenance"]
     assert prov["kind"] == "nwb" and prov["path"] == str(nwb.resolve()) and len(prov["sha256"]) == 64
-    res = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--json", str(tmp_path / "eval.json")])
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--summary-json", str(tmp_path / "eval.json")])
     assert res.exit_code == 0, res.output
     got = json.loads((tmp_path / "eval.json").read_text())[0]
     assert got["metrics"]["r2"] == evaluate_artifact(tmp_path / "run", read_nwb(nwb))["metrics"]["r2"]

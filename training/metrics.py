@@ -2,9 +2,11 @@
 
 Two ways to predict, one number:
 
-- `stream_predict` runs the model exactly as the runtime does: `init_state(1)`, then one
-  `step` per bin in order, eager torch, float32. Every held-out metric in an artifact and
-  every `spikestream evaluate` figure comes from it.
+- `stream_predict` runs the model through the runtime's own per-bin core
+  (`decoder_runtime.core.BinCore`: validate -> adapt -> step -> observe, the code a session
+  runs), with the eager torch backend from `init_state(1)`, one `step` per bin in order,
+  float32. Every held-out metric in an artifact and every `spikestream evaluate` figure
+  comes from it.
 - `forward_predict` runs `forward` on the block as one sequence from a cold start. Each
   model's tests assert forward == step-from-init_state (≤ 1e-4), so this is the same
   prediction at a fraction of the cost; training uses it for validation (early stopping)
@@ -26,28 +28,29 @@ def _device(model: StreamingDecoder) -> torch.device:
     return model.x_mean.device
 
 
-@torch.inference_mode()
-def stream_predict(model: StreamingDecoder, counts: np.ndarray) -> np.ndarray:
-    """float32[T, 2]: velocity from streaming counts[T, C] through `step` from `init_state(1)`.
+def stream_predict(model: StreamingDecoder, counts: np.ndarray, t: np.ndarray | None = None,
+                   bin_width: float = 0.025) -> np.ndarray:
+    """float32[T, 2]: velocity from streaming counts[T, C] through the runtime's core from `init_state(1)`.
+
+    `t` (bin end times, s) lets the core see a session's gaps exactly as a replay does; without
+    it the bins are consecutive.
 
     Runs on one intra-op thread: a single bin's ops are far too small to split, and on a
     shared machine a second thread's synchronisation made steps 30x slower (measured).
     """
-    was_training, threads = model.training, torch.get_num_threads()
-    model.eval()
+    from decoder_runtime.assemble import offline_core
+    from decoder_runtime.backends.torch_eager import TorchBackend
+    from decoder_runtime.core import decode_offline
+
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        dev = _device(model)
-        x = torch.from_numpy(np.ascontiguousarray(counts, dtype=np.float32)).to(dev)
-        out = torch.empty(x.shape[0], 2, dtype=torch.float32, device=dev)
-        state = model.init_state(1)
-        for i in range(x.shape[0]):
-            y, state = model.step(x[i : i + 1], state)
-            out[i] = y[0]
+        backend = TorchBackend.for_module(model, device=str(_device(model)))
+        core = offline_core(backend, model.x_mean.cpu().numpy(), period=bin_width)
+        vel, _, _ = decode_offline(core, np.ascontiguousarray(counts, dtype=np.float32), t)
     finally:
         torch.set_num_threads(threads)
-        model.train(was_training)
-    return out.cpu().numpy()
+    return vel
 
 
 @torch.inference_mode()
@@ -71,7 +74,7 @@ def block_metrics(pred: np.ndarray, session: BinnedSession) -> dict:
 
 def stream_metrics(model: StreamingDecoder, session: BinnedSession) -> tuple[dict, np.ndarray]:
     """Metrics of `session` (usually a held-out block) streamed through `step`; and the predictions."""
-    pred = stream_predict(model, session.counts)
+    pred = stream_predict(model, session.counts, session.t, session.bin_width)
     return block_metrics(pred, session), pred
 
 
@@ -79,9 +82,10 @@ def evaluate_artifact(path: str | Path, session: BinnedSession) -> dict:
     """Re-score an artifact on a whole session: THE definition `spikestream evaluate` prints.
 
     Exactly: the artifact is loaded on CPU (`models.artifact.load_artifact(path, "cpu")`,
-    eval mode); `state = model.init_state(1)`; then for every bin t = 0 .. T-1 of the session,
-    in order, with no warm-up, reset or skipped bin, `y_t, state = model.step(counts[t]
-    as float32 [1, C], state)` in eager torch under `torch.inference_mode()`; the predictions
+    eval mode); every bin t = 0 .. T-1 of the session goes, in order, with no warm-up, reset
+    or skipped bin, through the runtime's per-bin core (`decoder_runtime.core.BinCore`:
+    validation, no adaptation, then `y_t, state = model.step(counts[t] as float32 [1, C],
+    state)` from `init_state(1)` in eager torch under `torch.inference_mode()`); the predictions
     float32[T, 2] are scored by `replay.scoring.r2_scores(pred, session.velocity,
     session.valid)` (float64; bins with NaN velocity or valid False excluded). The headline is
     `r2`, the equal average of the vx and vy R². Per-trial median / 5th percentile come from

@@ -20,13 +20,23 @@ class TorchBackend:
         return cuda_missing(device)
 
     def __init__(self, artifact: Artifact, device: str = "cpu", threads: int | None = None) -> None:
+        self._setup(artifact.model, artifact.n_channels, device, threads)
+
+    @classmethod
+    def for_module(cls, model: torch.nn.Module, device: str = "cpu") -> "TorchBackend":
+        """The same backend over a module not (yet) in an artifact: training scores through it."""
+        self = cls.__new__(cls)
+        self._setup(model, int(model.x_mean.shape[0]), device, None)
+        return self
+
+    def _setup(self, model: torch.nn.Module, n_channels: int, device: str, threads: int | None) -> None:
         self.device = device
         self._dev = resolve_device(device)
         if threads is not None:
             torch.set_num_threads(threads)
         # A private copy, so backends on other devices built from the same artifact do not move it.
-        self.model = copy.deepcopy(artifact.model).to(self._dev).eval()
-        self.n_channels = artifact.n_channels
+        self.model = copy.deepcopy(model).to(self._dev).eval()
+        self.n_channels = n_channels
         # One input tensor reused for every bin: a host->device copy, no allocation.
         self._x = torch.zeros(1, self.n_channels, device=self._dev)
         self.reset()

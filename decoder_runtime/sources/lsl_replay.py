@@ -48,7 +48,7 @@ class LSLReplaySource:
         self._stats = Path(tempfile.gettempdir()) / f"{name}-pacing.json"
         cmd = [sys.executable, "-m", "spikestream", "stream-nwb", *([str(nwb)] if nwb else []),
                "--lsl-name", name, "--source-id", name, "--speed", speed, "--bin-width", str(bin_width),
-               "--max-bins", str(n_bins), "--wait-consumer", "60", "--stats-json", str(self._stats)]
+               "--max-bins", str(n_bins), "--wait-consumer", "60", "--summary-json", str(self._stats)]
         self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
         buflen = int(n_bins * bin_width) + 60 if parse_speed(speed) is None else 360
         try:

@@ -10,9 +10,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from decoder_runtime.adaptation import METHODS, AdaptationChain, AdaptSettings, build_adapter
-from decoder_runtime.adaptation.fit import fit_reference
-from models.artifact import Artifact, ArtifactError, load_artifact, update_config
+# Written out so `--help` needs no heavy import (tests/test_cli.py checks it against the library).
+METHODS = ("none", "health", "norm", "norm+health", "full")
 
 console = Console()
 
@@ -20,11 +19,6 @@ AdaptOpt = Annotated[Optional[str], typer.Option(
     "--adapt", help=f"test-time adaptation: {' | '.join(METHODS)} (default: the artifact's config, else none)")]
 AdaptTauOpt = Annotated[Optional[float], typer.Option(
     "--adapt-tau", help="running-normalisation time constant in seconds (default 60)")]
-
-
-def adapter_from_options(artifact: Artifact, adapt: str | None, adapt_tau: float | None) -> AdaptationChain:
-    """The chain for `--adapt/--adapt-tau` over the artifact's own adaptation settings."""
-    return build_adapter(artifact, AdaptSettings.resolve(artifact.config, method=adapt, tau_s=adapt_tau))
 
 
 def adapt_fit(
@@ -39,6 +33,10 @@ def adapt_fit(
     With --adapt / --adapt-tau, also store them as the artifact's default adaptation settings
     (what `serve` and `replay` use when not told otherwise).
     """
+    from decoder_runtime.adaptation import AdaptSettings
+    from decoder_runtime.adaptation.fit import fit_reference
+    from models.artifact import ArtifactError, load_artifact, update_config
+
     try:
         art = load_artifact(artifact)
         info = fit_reference(art, data, k)

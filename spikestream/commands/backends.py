@@ -4,7 +4,6 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from decoder_runtime.backends import DEVICES, available_backends, default_backend
 
 
 def _environment() -> str:
@@ -24,6 +23,8 @@ def _environment() -> str:
 
 def backends() -> None:
     """List every backend x device, whether this machine can run it (and if not, why)."""
+    from decoder_runtime.backends import DEVICES, available_backends, default_backend
+
     console = Console()
     defaults = {d: default_backend(d) for d in DEVICES}
     table = Table(title="spikestream backends on this machine")

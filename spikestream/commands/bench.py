@@ -15,9 +15,6 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from benchmarks import BenchError, plots, report
-from benchmarks.runtime import MODEL_STEP, OWN_WORK
-from benchmarks.suite import BenchConfig, run_bench
 
 
 def _csv(value: str | None, what: str) -> list[str] | None:
@@ -47,6 +44,9 @@ def _command_line() -> str:
 
 def write_outputs(results: dict, raw: dict, out: Path) -> list[Path]:
     """results.json, latencies.npz, PNG plots and report.md into `out`."""
+    from benchmarks import plots, report
+    from benchmarks.runtime import MODEL_STEP, OWN_WORK
+
     out.mkdir(parents=True, exist_ok=True)
     deadlines = results["config"]["deadlines_us"]
     figs = plots.step_plots(results.get("step") or [], raw, out, deadlines)
@@ -60,13 +60,13 @@ def write_outputs(results: dict, raw: dict, out: Path) -> list[Path]:
 
 
 def bench(
-    models: str = typer.Option(None, help="comma-separated models (default: every model that imports here)"),
-    backends: str = typer.Option(None, help="comma-separated backends (default: all; unavailable ones are listed)"),
-    devices: str = typer.Option(None, help="comma-separated devices, e.g. cpu,cuda (default: cpu, plus cuda if present)"),
+    models: str = typer.Option(None, "--model", help="comma-separated models (default: every model that imports here)"),
+    backends: str = typer.Option(None, "--backend", help="comma-separated backends (default: all; unavailable ones are listed)"),
+    devices: str = typer.Option(None, "--device", help="comma-separated devices, e.g. cpu,cuda (default: cpu, plus cuda if present)"),
     bins: int = typer.Option(20_000, min=1, help="timed bins per variant"),
     warmup: int = typer.Option(500, min=1, help="untimed warm-up bins per variant"),
     round_size: int = typer.Option(500, "--round", min=1, help="bins per variant per interleaved round"),
-    deadline_us: list[float] = typer.Option([1000.0], "--deadline-us", help="deadline to count misses against (repeatable; the bin width is always added)"),
+    deadline_ms: list[float] = typer.Option([1.0], "--deadline-ms", help="deadline to count misses against, ms (repeatable; the bin width is always added)"),
     threads: int = typer.Option(1, min=1, help="intra-op threads for torch and ONNX Runtime"),
     seed: int = typer.Option(0, help="seed of the untrained models' random init"),
     artifact: list[Path] = typer.Option([], "--artifact", help="a trained artifact to bench too (repeatable)"),
@@ -79,14 +79,23 @@ def bench(
     scaling: bool = typer.Option(True, "--scaling/--no-scaling", help="channel-count and width sweeps"),
     scaling_model: str = typer.Option("lstm", help="model swept for scaling"),
     scaling_backend: str = typer.Option(None, help="backend for the sweeps (default: the model's fastest)"),
-    scaling_device: str = typer.Option(None, help="device for the sweeps (default: the last of --devices, i.e. the GPU when there is one)"),
+    scaling_device: str = typer.Option(None, help="device for the sweeps (default: the last of --device, i.e. the GPU when there is one)"),
     scaling_bins: int = typer.Option(5_000, min=1, help="timed bins per scaling variant"),
     channels: str = typer.Option("96,1024,4096", help="channel counts swept"),
     widths: str = typer.Option("64,128,256,512", help="model widths swept"),
     quick: bool = typer.Option(False, "--quick", help="smoke test: lstm only, 500 bins, small sweeps, 300 bins end to end"),
     out: Path = typer.Option(None, help="write results.json, latencies.npz, report.md and PNG plots here"),
+    old_models: str = typer.Option(None, "--models", hidden=True),  # names before one vocabulary; one release
+    old_backends: str = typer.Option(None, "--backends", hidden=True),
+    old_devices: str = typer.Option(None, "--devices", hidden=True),
+    old_deadline_us: list[float] = typer.Option([], "--deadline-us", hidden=True),
 ) -> None:
     """Measure per-bin decoding latency, side by side, the way a rig would feel it."""
+    models, backends, devices = models or old_models, backends or old_backends, devices or old_devices
+    deadline_us = [d * 1e3 for d in deadline_ms] if not old_deadline_us else list(old_deadline_us)
+    from benchmarks import BenchError, report
+    from benchmarks.suite import BenchConfig, run_bench
+
     cfg = BenchConfig(
         models=_csv(models, "models"), backends=_csv(backends, "backends"), devices=_csv(devices, "devices"),
         bins=bins, warmup=warmup, round_size=round_size, deadlines_us=list(deadline_us), threads=threads, seed=seed,

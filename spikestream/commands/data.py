@@ -6,16 +6,13 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from replay.defaults import DEFAULT_MINUTES, DEFAULT_UNITS
-from replay.drift import DriftSpec
-from replay.nwb_reader import NWBFormatError, read_nwb
-from replay.session import DEFAULT_BIN_WIDTH
-from replay.simulator import simulate_nwb
+# The library's defaults, written out so `--help` needs no heavy import
+# (tests/test_cli.py checks they equal replay.defaults / replay.session).
+DEFAULT_MINUTES, DEFAULT_UNITS, DEFAULT_BIN_WIDTH = 10.0, 142, 0.025
 
 console = Console()
 
@@ -55,6 +52,8 @@ def simulate(
 ) -> None:
     """Simulate a motor-cortex session and write it as NWB (NLB MC_Maze / MC_RTT layout)."""
     try:
+        from replay.drift import DriftSpec
+
         drift = DriftSpec(
             baseline_drift=baseline_drift, baseline_kind=baseline_kind.value, baseline_onset=baseline_onset,
             gain_change=gain_change, gain_spread=gain_spread, gain_onset=gain_onset, gain_ramp=gain_ramp,
@@ -63,6 +62,8 @@ def simulate(
             seed=drift_seed)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
+    from replay.simulator import simulate_nwb
+
     truth = simulate_nwb(out, task=task.value, minutes=minutes, seed=seed, population_seed=population_seed,
                          n_units=units, drift=drift if drift.active else None)
     table = Table(title=f"simulated {out}", show_header=False)
@@ -82,6 +83,10 @@ def info(
     behavior: Annotated[Optional[str], typer.Option(help="behaviour TimeSeries name or path (default: NLB names)")] = None,
 ) -> None:
     """Summarise an NWB session as spikestream bins it: units, duration, behaviour, trials, rates."""
+    import numpy as np
+
+    from replay.nwb_reader import NWBFormatError, read_nwb
+
     try:
         s = read_nwb(file, bin_width=bin_width, behavior=behavior)
     except NWBFormatError as e:

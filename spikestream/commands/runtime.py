@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.live import Live
@@ -261,7 +260,7 @@ def stream_nwb(
     max_bins: Annotated[Optional[int], typer.Option("--max-bins", help="Play only the first N bins (>= 1).")] = None,
     wait_consumer: Annotated[float, typer.Option("--wait-consumer", help="Wait up to this many seconds for an inlet before playing (0: start at once).")] = 0.0,
     linger: Annotated[float, typer.Option("--linger", help="After the last bin, keep the outlet up this long while an inlet is connected.")] = 5.0,
-    stats_json: Annotated[Optional[Path], typer.Option("--stats-json", "--summary-json", help="Write the pacing-error statistics here at exit.")] = None,
+    stats_json: Annotated[Optional[Path], typer.Option("--summary-json", "--stats-json", help="Write the pacing-error statistics here at exit.")] = None,
 ) -> None:
     """Play a session into an LSL outlet (float32, one sample per bin, nominal rate 1/bin width)."""
     from decoder_runtime.sources.lsl import CountsOutlet
@@ -303,6 +302,8 @@ _SAVED = ("seq", "t_src", "vx", "vy", "lat_us", "flags", "t_arr", "recv_ns", "re
 
 
 def _listen_table(addr: str, got: dict[str, list], missing: int, rate: float) -> Table:
+    import numpy as np
+
     from decoder_runtime.messages import flag_names
 
     table = Table(title=f"listening on {addr}", show_header=True, header_style="bold")
@@ -391,6 +392,8 @@ def listen(
     if bad:
         console.print(f"[yellow]{bad} messages were not velocity messages of this version and were skipped[/yellow]")
     if save is not None:
+        import numpy as np
+
         dtypes = {"seq": np.int64, "flags": np.int64, "t_arr": np.int64, "recv_ns": np.int64}
         np.savez(save, **{k: np.asarray(v, dtype=dtypes.get(k, np.float64)) for k, v in got.items()})
         console.print(f"saved {len(got['seq']):,} messages to {save}")

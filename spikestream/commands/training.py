@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from models.registry import MODEL_NAMES
-from training.report import fmt_stat
+# Written out so `--help` needs no torch import (tests/test_cli.py checks it against models.registry).
+MODEL_NAMES = ("lstm", "transformer", "rvq", "mamba", "wiener", "kalman")
 
 console = Console()
 
@@ -22,6 +22,8 @@ def _num(value: float | None, digits: int = 3) -> str:
 
 def results_table(summary: dict) -> Table:
     """One row for the trained model (mean ± std over seeds) and one per baseline (same split)."""
+    from training.report import fmt_stat
+
     m = summary["metrics"]
     n = summary["n_seeds"]
     table = Table(title=f"held-out test block, streamed through step ({n} seed{'s' if n > 1 else ''})",
@@ -45,6 +47,8 @@ def results_table(summary: dict) -> Table:
 
 
 def rvq_table(summary: dict) -> Table:
+    from training.report import fmt_stat
+
     m = summary["metrics"]
     table = Table(title="RVQ codebooks on the held-out block (target: utilisation ≥ 50% per stage)")
     for col in ("stage", "utilisation", "perplexity"):
@@ -71,6 +75,7 @@ def train(
     number the runtime delivers. Networks also report whether they beat the Wiener and
     Kalman baselines fitted on the same split.
     """
+    from training.report import fmt_stat
     from training.runs import Hooks, RunSpec, load_data, train_run
 
     try:
@@ -125,7 +130,7 @@ def train(
 def evaluate(
     run: Path = typer.Argument(..., help="an artifact folder, or a multi-seed run folder (seed-K inside)"),
     data: Path | None = typer.Option(None, "--data", help="NWB session to score on (default: the training session)"),
-    json_out: Path | None = typer.Option(None, "--json", help="also write the results here"),
+    json_out: Path | None = typer.Option(None, "--summary-json", "--json", help="also write the results here"),
 ) -> None:
     """Re-score an artifact by streaming a WHOLE session through `step` from `init_state`.
 
@@ -157,6 +162,7 @@ def evaluate(
                       _num(m["r2_vw"], 4), f"{_num(m.get('trial_r2_median'), 2)} / {_num(m.get('trial_r2_p5'), 2)}",
                       _num(fb))
     if len(results) > 1:
+        from training.report import fmt_stat
         from training.runs import seed_stats
 
         stats = {k: seed_stats([r["metrics"][k] for r in results]) for k in ("r2", "r2_vx", "r2_vy", "r2_vw")}
