@@ -298,19 +298,16 @@ def stream_nwb(
         if "mean_us" in stats else ""))
 
 
-_SAVED = ("seq", "t_src", "vx", "vy", "lat_us", "flags", "t_arr", "recv_ns", "recv_lsl")
-
-
-def _listen_table(addr: str, got: dict[str, list], missing: int, rate: float) -> Table:
+def _listen_table(log) -> Table:
     import numpy as np
 
     from decoder_runtime.messages import flag_names
 
-    table = Table(title=f"listening on {addr}", show_header=True, header_style="bold")
+    table = Table(title=f"listening on {escape(log.addr)}", show_header=True, header_style="bold")
     for col in ("received", "missing seq", "rate (Hz)", "runtime lat p50/p99 (us)", "arrival→receive p50/p99 (us)",
                 "last velocity", "flags seen"):
         table.add_column(col, justify="right")
-    n = len(got["seq"])
+    got, n = log.cols, len(log)
     if n == 0:
         table.add_row("0", "0", "-", "-", "-", "-", "-")
         return table
@@ -319,7 +316,7 @@ def _listen_table(addr: str, got: dict[str, list], missing: int, rate: float) ->
     flags = 0
     for f in got["flags"][-1000:]:
         flags |= f
-    table.add_row(f"{n:,}", f"{missing:,}", f"{rate:.1f}",
+    table.add_row(f"{n:,}", f"{log.missing:,}", f"{log.rate():.1f}",
                   f"{np.percentile(lat, 50):.0f} / {np.percentile(lat, 99):.0f}",
                   f"{np.percentile(e2e, 50):.0f} / {np.percentile(e2e, 99):.0f}",
                   f"({got['vx'][-1]:+.3f}, {got['vy'][-1]:+.3f})", ", ".join(flag_names(flags)) or "none")
@@ -329,71 +326,40 @@ def _listen_table(addr: str, got: dict[str, list], missing: int, rate: float) ->
 def listen(
     zmq: Annotated[str, typer.Option("--zmq", help="ZeroMQ endpoint of the runtime's PUB socket.")] = DEFAULT_ZMQ,
     save: Annotated[Optional[Path], typer.Option("--save", help="Save what was received to this .npz file.")] = None,
-    count: Annotated[Optional[int], typer.Option("--count", help="Stop after N messages.")] = None,
-    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Stop after this many seconds without a message.")] = None,
+    count: Annotated[Optional[int], typer.Option("--count", min=1, help="Stop after N messages.")] = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.0, help="Stop after this many seconds without a message.")] = None,
     curve_server_key: Annotated[Optional[Path], typer.Option("--curve-server-key", help="The server's public certificate (enables CURVE).")] = None,
     curve_client_cert: Annotated[Optional[Path], typer.Option("--curve-client-cert", help="This client's secret certificate (default: a fresh key pair).")] = None,
 ) -> None:
     """Subscribe to a runtime's velocities: a live table of rate, latency and the last velocity."""
-    import pylsl
-    import zmq as zmq_lib
-
-    from decoder_runtime.messages import MessageError, unpack
-    from decoder_runtime.publish import PublishError, connect_subscriber
+    from decoder_runtime.publish import PublishError
+    from decoder_runtime.subscribe import VelocityLog
 
     try:
-        sock = connect_subscriber(zmq, server_key=curve_server_key, client_cert=curve_client_cert)
+        log = VelocityLog(zmq, server_key=curve_server_key, client_cert=curve_client_cert)
     except PublishError as e:
         raise fail(e) from None
-    got: dict[str, list] = {k: [] for k in _SAVED}
-    missing = bad = 0
-    last_seq = None
-    rate_window: list[int] = []
     quiet_since = time.monotonic()
     warned = False
-    with stop_on_signals() as stop, Live(_listen_table(zmq, got, 0, 0.0), console=console,
-                                          refresh_per_second=4) as live:
+    with stop_on_signals() as stop, Live(_listen_table(log), console=console, refresh_per_second=4) as live:
         next_draw = time.monotonic()
-        while not stop.is_set() and (count is None or len(got["seq"]) < count):
-            if sock.poll(100):
-                while count is None or len(got["seq"]) < count:
-                    try:
-                        _, body = sock.recv_multipart(zmq_lib.NOBLOCK)
-                    except zmq_lib.Again:
-                        break
-                    recv_ns, recv_lsl = time.monotonic_ns(), pylsl.local_clock()
-                    try:
-                        msg = unpack(body)
-                    except MessageError:
-                        bad += 1
-                        continue
-                    if last_seq is not None and msg["seq"] > last_seq + 1:
-                        missing += msg["seq"] - last_seq - 1
-                    last_seq = msg["seq"]
-                    for key, value in zip(_SAVED, (msg["seq"], msg["t_src"], msg["vel"][0], msg["vel"][1],
-                                                   msg["lat_us"], msg["flags"], msg["t_arr"], recv_ns, recv_lsl)):
-                        got[key].append(value)
-                    rate_window.append(recv_ns)
-                quiet_since = time.monotonic()
-            elif timeout is not None and time.monotonic() - quiet_since > timeout:
+        while not stop.is_set() and (count is None or len(log) < count):
+            now = time.monotonic()
+            if log.poll(100, count):
+                quiet_since = now
+            elif timeout is not None and now - quiet_since > timeout:
                 break
-            elif not got["seq"] and not warned and time.monotonic() - quiet_since > 3.0:
+            elif not len(log) and not warned and now - quiet_since > 3.0:
                 warned = True
                 console.print(f"[yellow]nothing received on {escape(zmq)} for 3 s: is a runtime publishing there? "
                               "(still listening)[/yellow]")
-            now = time.monotonic()
             if now >= next_draw:
-                cutoff = time.monotonic_ns() - 1_000_000_000
-                rate_window = [t for t in rate_window if t > cutoff]
-                live.update(_listen_table(zmq, got, missing, float(len(rate_window))))
+                live.update(_listen_table(log))
                 next_draw = now + 0.25
-        live.update(_listen_table(zmq, got, missing, float(len(rate_window))))
-    sock.close()
-    if bad:
-        console.print(f"[yellow]{bad} messages were not velocity messages of this version and were skipped[/yellow]")
+        live.update(_listen_table(log))
+    log.close()
+    if log.bad:
+        console.print(f"[yellow]{log.bad} messages were not velocity messages of this version and were skipped[/yellow]")
     if save is not None:
-        import numpy as np
-
-        dtypes = {"seq": np.int64, "flags": np.int64, "t_arr": np.int64, "recv_ns": np.int64}
-        np.savez(save, **{k: np.asarray(v, dtype=dtypes.get(k, np.float64)) for k, v in got.items()})
-        console.print(f"saved {len(got['seq']):,} messages to {save}")
+        log.save(save)
+        console.print(f"saved {len(log):,} messages to {escape(str(save))}")
