@@ -59,6 +59,7 @@ def write_outputs(results: dict, raw: dict, out: Path) -> list[Path]:
     return [report.write_json(results, out), report.write_raw(raw, out), report.write_markdown(results, figs, out), *figs]
 
 
+# Long only by its option declarations (one per line); the body builds a config and makes one call.
 def bench(
     models: str = typer.Option(None, "--model", help="comma-separated models (default: every model that imports here)"),
     backends: str = typer.Option(None, "--backend", help="comma-separated backends (default: all; unavailable ones are listed)"),

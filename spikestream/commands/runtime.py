@@ -145,6 +145,7 @@ def _runtime_values(backend, device, threads, zmq, record, deadline_ms, on_gap, 
             "adapt.method": adapt, "adapt.tau_s": adapt_tau}
 
 
+# Long only by its option declarations (one per line); the body builds a config and makes one call.
 def serve(
     artifact: Annotated[Optional[Path], typer.Argument(help="Model artifact folder (or model.artifact in --config).")] = None,
     config: ConfigOpt = None,
@@ -181,6 +182,7 @@ def serve(
     run_session(cfg, "serve", "serve {model} ({backend}/" + cfg.model.device + ")", summary_json)
 
 
+# Long only by its option declarations (one per line); the body builds a config and makes one call.
 def replay(
     paths: Annotated[list[Path], typer.Argument(
         metavar="[FILE.nwb] ARTIFACT",

@@ -58,6 +58,7 @@ def rvq_table(summary: dict) -> Table:
     return table
 
 
+# Long only by its option declarations (one per line); the body builds a config and makes one call.
 def train(
     model: str = typer.Option(..., "--model", "-m", help=f"one of: {', '.join(MODEL_NAMES)}"),
     out: Path = typer.Option(..., "--out", "-o", help="run folder, e.g. runs/NAME"),
