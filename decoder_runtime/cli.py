@@ -27,11 +27,12 @@ def _register() -> None:
     app.command("train")(training_commands.train)
     app.command("evaluate")(training_commands.evaluate)
 
-    from decoder_runtime import backends_command
+    from decoder_runtime import backends_command, view_cli
     from training import export as export_command
 
     app.command("export")(export_command.export)
     app.command("backends")(backends_command.backends)
+    app.command("view")(view_cli.view)
 
     from benchmarks import commands as bench_commands
 

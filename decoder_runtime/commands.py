@@ -153,7 +153,8 @@ def _run(open_source, artifact, backend, kind: str, *, device: str, zmq: str, al
     from decoder_runtime.fallback import make_fallback
     from decoder_runtime.publish import PublishError
     from decoder_runtime.record import SessionRecorder
-    from models.artifact import code_version
+    from decoder_runtime.status import TOPIC as STATUS_TOPIC, StatusReporter
+    from models.artifact import WEIGHTS, code_version
 
     settings = EngineSettings(deadline_ms=deadline_ms or None, on_gap=on_gap, max_bins=max_bins)
     fallback, fallback_note = make_fallback(artifact)
@@ -185,10 +186,15 @@ def _run(open_source, artifact, backend, kind: str, *, device: str, zmq: str, al
             recorder = SessionRecorder(record, artifact.n_channels, artifact_config=artifact.config,
                                        settings=run_settings, t0_ns=time.monotonic_ns(),
                                        description=f"spikestream {command}: {artifact.model_id} on {kind}/{device}")
+        status = None if publisher is None else StatusReporter(
+            lambda body: publisher.send(body, STATUS_TOPIC), model=artifact.model_id, backend=kind, device=device,
+            artifact_sha256=artifact.config.get("files", {}).get(WEIGHTS, ""), code=run_settings["code_version"],
+            source=run_settings["source"], adapter=adapter)
         engine = Engine(source, backend, model_id=artifact.model_id,
                         fill=np.asarray(artifact.config["normalization"]["x_mean"], dtype=np.float32),
                         settings=settings, publisher=publisher, recorder=recorder, fallback=fallback,
-                        adapter=adapter, late_ms=late_ms, bad_bin=bad_bin, on_event=lambda line: console.print(f"[dim]{line}[/dim]"))
+                        adapter=adapter, late_ms=late_ms, bad_bin=bad_bin, on_event=lambda line: console.print(f"[dim]{line}[/dim]"),
+                        between_bins=None if status is None else status.tick)
         console.print(f"[bold]{command}[/bold]: {artifact.model_id} on {kind}/{device}; "
                       f"deadline {settings.deadline_ms or 'none'} ms; fallback: {fallback_note}; adapt: {adapter.name}; "
                       f"publishing on {zmq}" + (f"; recording to {record}" if record else ""))

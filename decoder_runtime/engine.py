@@ -254,7 +254,8 @@ class Engine:
                  settings: EngineSettings | None = None, publisher: Publisher | None = None,
                  recorder: SessionRecorder | None = None, adapter: Adapter | None = None,
                  fallback: WienerFallback | None = None, late_ms: float | None = None,
-                 bad_bin: str = "impute", on_event: Callable[[str], None] | None = None) -> None:
+                 bad_bin: str = "impute", on_event: Callable[[str], None] | None = None,
+                 between_bins: Callable[[int], None] | None = None) -> None:
         self.source = source
         self.settings = settings or EngineSettings()
         self.period = source.period
@@ -267,6 +268,7 @@ class Engine:
         self.validator = Validator(self.n_channels, self.period, fill, bad_bin,
                                    None if late_ms is None else late_ms / 1e3)
         self.on_event = on_event
+        self.between_bins = between_bins  # extra periodic work, e.g. the status message (decoder_runtime.status)
         self.events: list[str] = []
         known = self.settings.max_bins or getattr(source, "n_bins", None)
         self._alloc(known + self.settings.block if known else 1 << 16)
@@ -307,6 +309,8 @@ class Engine:
                 self._event(n, q.popleft())
         if n + self.settings.block > self.flags.shape[0]:
             self._alloc(2 * self.flags.shape[0])
+        if self.between_bins is not None:
+            self.between_bins(n)
 
     def run(self, stop: threading.Event | None = None) -> RunResult:
         """Decode until the source ends, `max_bins` bins, or `stop` is set; returns the log."""
