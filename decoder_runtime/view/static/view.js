@@ -1,16 +1,18 @@
 // spikestream view: draws what decoder_runtime/view/server.py sends over its WebSocket.
 // The server decides what a restart, a silence or a missing bin is (view/state.py); this
 // page keeps the last WINDOW_S seconds, scrolls them on every animation frame, and exposes
-// window.spikeview (fps, frames) for tests and benchmarks.
+// window.spikeview (fps, frames, JS ms per frame) for tests and benchmarks. It draws at most
+// MAX_FPS frames per second (30, or ?fps=N): smooth for a person, half the CPU of 60.
 "use strict";
 
 const WINDOW_S = 10, STALE_S = 0.5, ADAPT = 1 << 1;
+const MAX_FPS = Number(new URLSearchParams(location.search).get("fps")) || 30;
 const MARK_COLOURS = {restart: "#6a1b9a", silence: "#c62828", missing: "#e65100"};
-const view = window.spikeview = {fps: 0, frames: 0, connected: false, updates: 0};
+const view = window.spikeview = {fps: 0, frames: 0, connected: false, updates: 0, frameMs: 0};
 
 const T = [], VX = [], VY = [], LAT = [], FLAGGED = [];  // columns; null rows break the lines
 let markers = [], trail = [];
-let upto = 0, lastSeq = null, clockOffset = 0, dirty = true;
+let upto = 0, lastSeq = null, clockOffset = 0, dirty = true, lastFrame = -Infinity;
 let msg0 = {run: {}, restarts: 0, last_rx: null, endpoints: []}, status = null, task = null;
 const drawTimes = [];
 
@@ -178,9 +180,11 @@ function drawTask(now) {
           `success ${task.n_success}/${task.n_trials} (${rate})` + (age > 2 ? ` · no task data for ${age.toFixed(0)} s` : ""));
 }
 
-function frame() {
+function frame(ts) {
   requestAnimationFrame(frame);
-  const now = serverNow();
+  if (ts - lastFrame < 1000 / MAX_FPS - 4) return;  // 4 ms slack: a 60 Hz display gives every other frame
+  lastFrame = ts;
+  const t0 = performance.now(), now = serverNow();
   trim(now);
   velPlot.setData([T, VX, VY]);
   latPlot.setData([T, LAT, FLAGGED]);
@@ -188,6 +192,7 @@ function frame() {
   updateRun(now);
   drawTask(now);
   setText("fps", `${view.fps} fps`);
+  view.frameMs = 0.95 * view.frameMs + 0.05 * (performance.now() - t0);
 }
 
 function connect() {
