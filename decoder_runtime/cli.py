@@ -76,6 +76,7 @@ def demo(
         code = app(args, standalone_mode=False)  # click returns a failing step's exit code
         if code:
             raise typer.Exit(code)
+    typer.echo(f"watch a session live: `spikestream view`, open http://127.0.0.1:8050/, then `spikestream replay {out} --speed 1`")
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ DEFAULT_ZMQ = "tcp://127.0.0.1:5555"
 
 def view(
     zmq: Annotated[Optional[list[str]], typer.Option(
-        "--zmq", help="ZeroMQ endpoint to subscribe to (repeatable: the runtime's and the task's).")] = None,
+        "--zmq", help="ZeroMQ endpoint to subscribe to; repeatable: one runtime's and its closed-loop task's.")] = None,
     port: Annotated[int, typer.Option("--port", help="HTTP port of the page.")] = 8050,
     host: Annotated[str, typer.Option("--host", help="Address to serve the page on.")] = "127.0.0.1",
     allow_remote: Annotated[bool, typer.Option("--allow-remote", help="Allow serving on a non-loopback address.")] = False,
