@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from pathlib import Path
 import typer
 
 from benchmarks import procs
-from benchmarks.view_load import _cpu_s, _wait_http
+from benchmarks.view_load import chromium_or_exit, cpu_s, open_pages, wait_http
 
 _BOKEH_APP = r'''
 import sys, threading
@@ -108,12 +107,12 @@ def _publish(addr: str, stop: threading.Event) -> None:
     pub.close()
 
 
-def _chromium_cpu_s() -> float:
+def _chromiumcpu_s() -> float:
     total = 0.0
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             if Path(f"/proc/{pid}/comm").read_text().startswith("chrom"):
-                total += _cpu_s(int(pid))
+                total += cpu_s(int(pid))
         except (OSError, ValueError):
             pass
     return total
@@ -129,24 +128,20 @@ def _measure(variant: str, browser, addr: str, pages_n: int, seconds: float, log
     port = procs.free_port()
     server = _server(variant, addr, port, log)
     try:
-        _wait_http(f"http://127.0.0.1:{port}/")
-        pages = []
-        for _ in range(pages_n):
-            page = browser.new_context(viewport={"width": 1280, "height": 820}).new_page()
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.wait_for_function(_READY[variant], timeout=60_000)
-            page.evaluate(_RATE[variant])
-            pages.append(page)
+        wait_http(f"http://127.0.0.1:{port}/", server)
+        pages = open_pages(browser, f"http://127.0.0.1:{port}/", pages_n, _READY[variant])
+        for page in pages:
+            page.evaluate(_RATE[variant])  # starts the Bokeh page's counter
         time.sleep(3)
-        s0, c0, t0 = _cpu_s(server.pid), _chromium_cpu_s(), time.monotonic()
+        s0, c0, t0 = cpu_s(server.pid), _chromiumcpu_s(), time.monotonic()
         rates = []
         while time.monotonic() - t0 < seconds:
             time.sleep(2)
             rates += [p.evaluate(_RATE[variant]) for p in pages]
         dt = time.monotonic() - t0
         out = {"variant": variant, "redraws_per_s_min": min(rates), "redraws_per_s_median": statistics.median(rates),
-               "server_cpu_pct": 100 * (_cpu_s(server.pid) - s0) / dt,
-               "chromium_cpu_pct": 100 * (_chromium_cpu_s() - c0) / dt, "load1": os.getloadavg()[0]}
+               "server_cpu_pct": 100 * (cpu_s(server.pid) - s0) / dt,
+               "chromium_cpu_pct": 100 * (_chromiumcpu_s() - c0) / dt, "load1": os.getloadavg()[0]}
         for p in pages:
             p.context.close()
         return out
@@ -163,10 +158,7 @@ def main(
     """spikestream view vs a Bokeh server page, same feed, same pages, side by side."""
     from playwright.sync_api import sync_playwright
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        typer.echo("error: no chromium on PATH (Debian: apt-get install -y chromium)", err=True)
-        raise typer.Exit(2)
+    chromium = chromium_or_exit()
     out.mkdir(parents=True, exist_ok=True)
     addr, stop = f"tcp://127.0.0.1:{procs.free_port()}", threading.Event()
     feeder = threading.Thread(target=_publish, args=(addr, stop), daemon=True)

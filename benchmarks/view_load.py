@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 import urllib.request
@@ -30,15 +31,18 @@ from benchmarks import procs
 VARIANTS = ("no view", "views")
 
 
-def _cpu_s(pid: int) -> float:
+def cpu_s(pid: int) -> float:
     """User + system CPU seconds a process has used so far (/proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _wait_http(url: str, timeout_s: float = 120.0) -> None:
+def wait_http(url: str, proc: subprocess.Popen | None = None, timeout_s: float = 120.0) -> None:
+    """Wait until `url` answers (a server process has started); fail early if `proc` died."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited with code {proc.returncode} before serving {url}")
         try:
             urllib.request.urlopen(url, timeout=1).close()
             return
@@ -56,12 +60,22 @@ def _artifact(path: Path | None, work: Path) -> Path:
     return build_untrained(work, "lstm", default_session(), backends=[]).path
 
 
-def _open_pages(browser, url: str, n: int) -> list:
+def chromium_or_exit() -> str:
+    """The system Chromium's path, or a one-line error and exit 2 (nothing downloads a browser)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        typer.echo("error: no chromium on PATH (Debian: apt-get install -y chromium)", err=True)
+        raise typer.Exit(2)
+    return chromium
+
+
+def open_pages(browser, url: str, n: int, ready_js: str = "window.spikeview && window.spikeview.connected") -> list:
+    """`n` pages, each in its own browser context (as separate browsers), once `ready_js` holds."""
     pages = []
     for _ in range(n):
         page = browser.new_context(viewport={"width": 1280, "height": 820}).new_page()
         page.goto(url)
-        page.wait_for_function("window.spikeview && window.spikeview.connected")
+        page.wait_for_function(ready_js, timeout=60_000)
         pages.append(page)
     return pages
 
@@ -75,8 +89,8 @@ def _one_run(variant: str, artifact: Path, bins: int, pages_n: int, browser, wor
     if variant == "views":
         port = procs.free_port()
         view = procs.start(procs.cli("view", "--zmq", addr, "--port", str(port)), work / f"view-{k}.log")
-        _wait_http(f"http://127.0.0.1:{port}/")
-        pages = _open_pages(browser, f"http://127.0.0.1:{port}/", pages_n)
+        wait_http(f"http://127.0.0.1:{port}/", view)
+        pages = open_pages(browser, f"http://127.0.0.1:{port}/", pages_n)
     summary_file = work / f"summary-{k}.json"
     replay = procs.start(procs.cli("replay", str(artifact), "--speed", "1", "--max-bins", str(bins), "--zmq", addr,
                                    "--adapt", "health", "--summary-json", str(summary_file)), work / f"replay-{k}.log")
@@ -89,7 +103,7 @@ def _one_run(variant: str, artifact: Path, bins: int, pages_n: int, browser, wor
             continue
         if cpu0 is None:  # from the first bins on
             if pages[0].evaluate("document.getElementById('seq').dataset.value") is not None:
-                cpu0, t0 = _cpu_s(view.pid), time.monotonic()
+                cpu0, t0 = cpu_s(view.pid), time.monotonic()
             continue
         fps += [p.evaluate("window.spikeview.fps") for p in pages]
         frame_ms += [p.evaluate("window.spikeview.frameMs") for p in pages]
@@ -98,7 +112,7 @@ def _one_run(variant: str, artifact: Path, bins: int, pages_n: int, browser, wor
         raise RuntimeError(f"replay failed:\n{procs.tail(work / f'replay-{k}.log')}")
     out["summary"] = json.loads(summary_file.read_text())
     if view is not None:
-        out["view_cpu_pct"] = 100 * (_cpu_s(view.pid) - cpu0) / (time.monotonic() - t0) if cpu0 is not None else None
+        out["view_cpu_pct"] = 100 * (cpu_s(view.pid) - cpu0) / (time.monotonic() - t0) if cpu0 is not None else None
         out["fps"] = {"min": min(fps), "median": statistics.median(fps), "samples": len(fps),
                       "js_ms_per_frame_median": statistics.median(frame_ms)} if fps else None
         out["page_last_seq"] = [int(p.evaluate("document.getElementById('seq').dataset.value")) for p in pages]
@@ -139,10 +153,7 @@ def main(
 
     from benchmarks.machine import machine_info
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        typer.echo("error: no chromium on PATH (Debian: apt-get install -y chromium)", err=True)
-        raise typer.Exit(2)
+    chromium = chromium_or_exit()
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:

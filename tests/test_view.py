@@ -16,30 +16,18 @@ import shutil
 import subprocess
 import threading
 import time
-import urllib.request
 
 import msgpack
 import pytest
 import zmq
 
+from benchmarks.view_load import wait_http
 from decoder_runtime.messages import unpack
 from decoder_runtime.publish import connect_subscriber
 import runtime_helpers as h
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install -y chromium)")
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode()
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer within {timeout_s} s")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +43,7 @@ def view(tmp_path):
     runtime, task, port = (f"tcp://127.0.0.1:{h.free_port()}", f"tcp://127.0.0.1:{h.free_port()}", h.free_port())
     proc = h.cli("view", "--zmq", runtime, "--zmq", task, "--port", str(port), stderr=subprocess.PIPE)
     try:
-        wait_http(f"http://127.0.0.1:{port}/", proc)
+        wait_http(f"http://127.0.0.1:{port}/", proc, timeout_s=60)
         yield runtime, task, f"http://127.0.0.1:{port}/"
     finally:
         proc.terminate()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import msgpack
 import numpy as np
-import pytest
 import zmq
 
 from decoder_runtime.adapt import Adapter
