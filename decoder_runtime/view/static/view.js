@@ -5,7 +5,8 @@
 // MAX_FPS frames per second (30, or ?fps=N): smooth for a person, half the CPU of 60.
 "use strict";
 
-const WINDOW_S = 10, STALE_S = 0.5, ADAPT = 1 << 1;
+const WINDOW_S = 10, STALE_S = 0.5;
+const STATES = (1 << 1) | (1 << 10);  // adapt, imputed: lasting states (counted, not marked on every bin)
 const MAX_FPS = Number(new URLSearchParams(location.search).get("fps")) || 30;
 const MARK_COLOURS = {restart: "#6a1b9a", silence: "#c62828", missing: "#e65100"};
 const view = window.spikeview = {fps: 0, frames: 0, connected: false, updates: 0, frameMs: 0};
@@ -28,7 +29,7 @@ function addBins(rows) {
     if (n && (rx - T[n - 1] > 0.3 || seq !== lastSeq + 1)) {  // restart, silence or missing bins: break the lines
       T.push((rx + T[n - 1]) / 2); VX.push(null); VY.push(null); LAT.push(null); FLAGGED.push(null);
     }
-    T.push(rx); VX.push(vx); VY.push(vy); LAT.push(lat); FLAGGED.push(flags & ~ADAPT ? lat : null);
+    T.push(rx); VX.push(vx); VY.push(vy); LAT.push(lat); FLAGGED.push(flags & ~STATES ? lat : null);
     lastSeq = seq;
     const s = $("seq"); s.textContent = String(seq); s.dataset.value = String(seq);
     for (const [id, v] of [["vx", vx], ["vy", vy]]) {
