@@ -120,7 +120,7 @@ def open_source(cfg: RuntimeConfig, artifact: "Artifact", session: "BinnedSessio
         raise AssemblyError(str(e)) from None
 
 
-def _outputs(cfg: RuntimeConfig, stack: ExitStack, say: Callable[[str], None]) -> list[Output]:
+def _outputs(cfg: RuntimeConfig, stack: ExitStack, say: Callable[[str], None]) -> list:
     from decoder_runtime.publish import Publisher, PublishError, is_loopback
 
     o = cfg.output
@@ -138,6 +138,21 @@ def _outputs(cfg: RuntimeConfig, stack: ExitStack, say: Callable[[str], None]) -
             say(f"no subscriber within {o.wait_subscriber_s:g} s; publishing anyway")
         outs.append(pub)
     return outs
+
+
+def _status(outputs: list, artifact: "Artifact", kind: str, cfg: RuntimeConfig, settings: dict,
+            adapter: Adapter) -> Callable[[int], None] | None:
+    """The once-a-second `status` message on the ZeroMQ socket (decoder_runtime.status), if publishing."""
+    from decoder_runtime.publish import Publisher
+    from decoder_runtime.status import TOPIC, StatusReporter
+    from models.artifact import WEIGHTS
+
+    pub = next((o for o in outputs if isinstance(o, Publisher)), None)
+    if pub is None:
+        return None
+    return StatusReporter(lambda body: pub.send(body, TOPIC), model=artifact.model_id, backend=kind,
+                          device=cfg.model.device, artifact_sha256=artifact.config.get("files", {}).get(WEIGHTS, ""),
+                          code=settings["code_version"], source=settings["source"], adapter=adapter).tick
 
 
 @dataclass
@@ -200,7 +215,8 @@ def open_runtime(cfg: RuntimeConfig, *, command: str, session: "BinnedSession | 
                 raise AssemblyError(f"cannot create the record {cfg.output.record}: {e}") from None
             stack.callback(lambda: recorder.close(runtime.summary if runtime else None,
                                                   runtime.engine.events if runtime else []))
+        status = _status(outputs, artifact, kind, cfg, settings, adapter)
         engine = Engine(source, core, cfg, model_id=artifact.model_id, outputs=outputs, recorder=recorder,
-                        on_event=on_event)
+                        on_event=on_event, between_bins=status)
         runtime = Runtime(cfg, artifact, kind, engine, settings)
         yield runtime

@@ -71,7 +71,8 @@ class Engine:
 
     def __init__(self, source: Source, core: BinCore, config: RuntimeConfig, *, model_id: str,
                  outputs: Sequence[Output] = (), recorder: SessionRecorder | None = None,
-                 on_event: Callable[[str], None] | None = None) -> None:
+                 on_event: Callable[[str], None] | None = None,
+                 between_bins: Callable[[int], None] | None = None) -> None:
         self.source = source
         self.core = core
         self.config = config
@@ -80,6 +81,7 @@ class Engine:
         self.recorder = recorder
         self.packer = MessagePacker(model_id)
         self.on_event = on_event
+        self.between_bins = between_bins  # extra periodic work, e.g. the status message (decoder_runtime.status)
         self.events: list[str] = []
         known = config.max_bins or getattr(source, "n_bins", None)
         self._alloc(known + config.flush_every if known else 1 << 16)
@@ -117,6 +119,8 @@ class Engine:
                 self._event(n, q.popleft())
         if n + self.config.flush_every > self.flags.shape[0]:
             self._alloc(2 * self.flags.shape[0])
+        if self.between_bins is not None:
+            self.between_bins(n)
 
     def run(self, stop: threading.Event | None = None) -> RunResult:
         """Decode until the source ends, `max_bins` bins, or `stop` is set; returns the log."""

@@ -119,10 +119,10 @@ class Publisher:
             return True
         return False
 
-    def send(self, body: bytes) -> bool:
-        """Publish one message body under the `velocity` topic; False if it was dropped."""
+    def send(self, body: bytes, topic: bytes = TOPIC) -> bool:
+        """Publish one message body under `topic` (default `velocity`); False if it was dropped."""
         try:
-            self._sock.send(TOPIC, _MORE)  # a message's parts are queued atomically
+            self._sock.send(topic, _MORE)  # a message's parts are queued atomically
             self._sock.send(body, zmq.NOBLOCK)
             return True
         except zmq.Again:

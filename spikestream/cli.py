@@ -18,14 +18,14 @@ app = typer.Typer(
 
 def _register() -> None:
     """Attach every area's commands; each module imports its heavy libraries inside its commands."""
-    from spikestream.commands import adaptation, backends, bench, data, runtime, training
+    from spikestream.commands import adaptation, backends, bench, data, runtime, training, view
 
     for name, fn in (("simulate", data.simulate), ("info", data.info),
                      ("train", training.train), ("evaluate", training.evaluate), ("export", training.export),
                      ("backends", backends.backends), ("bench", bench.bench),
                      ("serve", runtime.serve), ("replay", runtime.replay), ("listen", runtime.listen),
                      ("stream-nwb", runtime.stream_nwb), ("adapt-fit", adaptation.adapt_fit),
-                     ("evaluate-drift", bench.evaluate_drift)):
+                     ("evaluate-drift", bench.evaluate_drift), ("view", view.view)):
         app.command(name)(fn)
 
 
@@ -52,6 +52,7 @@ def demo(
         code = app(args, standalone_mode=False)  # click returns a failing step's exit code
         if code:
             raise typer.Exit(code)
+    typer.echo(f"watch a session live: `spikestream view`, open http://127.0.0.1:8050/, then `spikestream replay {out} --speed 1`")
 
 
 def main() -> None:
