@@ -275,31 +275,64 @@ def score_rows(label: str, seed: int, run: SeedRun) -> list[dict]:
     return rows
 
 
-def evaluate(cfg: DriftConfig, progress: Progress) -> dict:
-    """Every model x seed x drift kind x method; batch-1 parity per model; latency once."""
+def seed_task(label: str, folder: Path, seed: int, cfg: DriftConfig, parity: bool = False,
+              progress: Progress | None = None) -> dict:
+    """One (model, seed): its later days' rows, and, if asked, the batch-1 backend parity.
+    A self-contained task: it loads what it needs, so it can run in another process."""
     torch.set_num_threads(cfg.threads)
-    rows, parity, latency = [], {}, []
-    kind = "combined" if "combined" in cfg.kinds else cfg.kinds[-1]  # where parity and latency are measured
-    for label, folders in cfg.runs.items():
-        for seed in range(cfg.seeds):
-            artifact = load_artifact(folders[seed % len(folders)])
-            if "full" in cfg.methods:
-                artifact = ensure_latent(artifact, cfg.latent_k)
-            run = run_seed(label, artifact, seed, cfg, progress)
-            rows += score_rows(label, seed, run)
-            if seed:
-                continue
-            method = cfg.methods[-1]
-            progress(f"{label}: batch-1 backend parity on {kind}/{method}")
-            diff = backend_parity(artifact, run.sessions[kind].counts, make_chain(artifact, method, cfg),
-                                  run.pred(kind, method))
-            y_std = float(np.max(artifact.config["normalization"]["y_std"]))
-            parity[label] = {"kind": kind, "method": method, "max_abs_diff": diff, "relative_to_y_std": diff / y_std}
-            if not latency:
-                progress(f"per-bin cost of each method on {kind}")
-                outputs = {m: run.pred(kind, m) for m in cfg.methods}
-                latency = chain_latency(artifact, run.sessions[kind].counts, outputs, cfg)
-    return {"rows": rows, "parity": parity, "latency": latency}
+    progress = progress or Progress(lambda _: None)
+    artifact = load_artifact(folder)
+    if "full" in cfg.methods:
+        artifact = ensure_latent(artifact, cfg.latent_k)
+    run = run_seed(label, artifact, seed, cfg, progress)
+    out: dict = {"rows": score_rows(label, seed, run)}
+    if parity:
+        kind, method = parity_target(cfg)
+        progress(f"{label}: batch-1 backend parity on {kind}/{method}")
+        diff = backend_parity(artifact, run.sessions[kind].counts, make_chain(artifact, method, cfg),
+                              run.pred(kind, method))
+        y_std = float(np.max(artifact.config["normalization"]["y_std"]))
+        out["parity"] = {"kind": kind, "method": method, "max_abs_diff": diff, "relative_to_y_std": diff / y_std}
+    return out
+
+
+def parity_target(cfg: DriftConfig) -> tuple[str, str]:
+    """Where parity and latency are measured: the hardest drift kind, the last method."""
+    return ("combined" if "combined" in cfg.kinds else cfg.kinds[-1]), cfg.methods[-1]
+
+
+def latency_task(folder: Path, cfg: DriftConfig) -> list[dict]:
+    """Per-bin cost of each method on seed 0's later day; run alone, after the streams, so
+    no other task shares the CPU while it is timed."""
+    torch.set_num_threads(cfg.threads)
+    artifact = load_artifact(folder)
+    kind, _ = parity_target(cfg)
+    session = later_day(Day0.of(artifact), kind, 0, cfg.minutes, artifact.bin_width)
+    chains = [make_chain(artifact, m, cfg) for m in cfg.methods]
+    preds = stream(artifact.model.cpu().eval(), [session.counts] * len(chains), chains)
+    return chain_latency(artifact, session.counts, dict(zip(cfg.methods, preds)), cfg)
+
+
+def evaluate(cfg: DriftConfig, progress: Progress, run_tasks: Callable | None = None) -> dict:
+    """Every model x seed x drift kind x method; batch-1 parity per model; latency once.
+
+    Each (model, seed) is one task (`seed_task`); `run_tasks` runs them (benchmarks.executor,
+    on Ray or here), by default here, one after another."""
+    from functools import partial
+
+    torch.set_num_threads(cfg.threads)
+    if "full" in cfg.methods:  # fit missing latent references once, before tasks share the folders
+        for folder in {f for folders in cfg.runs.values() for f in folders}:
+            ensure_latent(load_artifact(folder), cfg.latent_k)
+    tasks = [(f"{label}-seed{seed}", partial(seed_task, label, folders[seed % len(folders)], seed, cfg,
+                                             seed == 0, None if run_tasks else progress))
+             for label, folders in cfg.runs.items() for seed in range(cfg.seeds)]
+    results = run_tasks(tasks) if run_tasks is not None else [task() for _, task in tasks]
+    rows = [row for r in results for row in r["rows"]]
+    parity = {r["rows"][0]["model"]: r["parity"] for r in results if "parity" in r}
+    progress("per-bin cost of each method, alone")
+    first = next(iter(cfg.runs.values()))[0]
+    return {"rows": rows, "parity": parity, "latency": latency_task(first, cfg) if cfg.latency_bins else []}
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -397,16 +430,21 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def run(cfg: DriftConfig, out: Path, progress: Progress) -> dict:
+def report(cfg: DriftConfig, raw: dict, machine: dict, warning: str | None, seconds: float) -> dict:
+    """What drift.json holds: the settings, the machine, the raw rows and their aggregate."""
+    return {"config": {**asdict(cfg), "runs": {k: [str(p) for p in v] for k, v in cfg.runs.items()},
+                       "drifts": {k: spec_dict(DRIFTS[k]) for k in cfg.kinds}},
+            "machine": machine, "load_warning": warning, "seconds": seconds,
+            **raw, "aggregate": aggregate(raw["rows"], cfg)}
+
+
+def run(cfg: DriftConfig, out: Path, progress: Progress, run_tasks: Callable | None = None) -> dict:
     from benchmarks.machine import load_warning, machine_info
 
     machine, warning = machine_info(), load_warning()
     started = time.perf_counter()
-    raw = evaluate(cfg, progress)
-    results = {"config": {**asdict(cfg), "runs": {k: [str(p) for p in v] for k, v in cfg.runs.items()},
-                          "drifts": {k: spec_dict(DRIFTS[k]) for k in cfg.kinds}},
-               "machine": machine, "load_warning": warning, "seconds": time.perf_counter() - started,
-               **raw, "aggregate": aggregate(raw["rows"], cfg)}
+    raw = evaluate(cfg, progress, run_tasks)
+    results = report(cfg, raw, machine, warning, time.perf_counter() - started)
     out.mkdir(parents=True, exist_ok=True)
     (out / "drift.json").write_text(json.dumps(results, indent=2))
     (out / "drift.md").write_text(markdown(results))
@@ -442,6 +480,8 @@ def evaluate_drift(
     methods: Annotated[Optional[str], typer.Option("--methods", help=f"comma list of {', '.join(METHODS)}")] = None,
     tau: Annotated[float, typer.Option("--adapt-tau", help="running-normalisation time constant, s")] = 60.0,
     out: Annotated[Path, typer.Option("--out", help="where drift.json and drift.md go")] = Path("benchmarks/results"),
+    workers: Annotated[int, typer.Option("--workers", help="(model, seed) tasks at once (> 1: on a local Ray "
+                                                           "instance, the 'cluster' extra)")] = 1,
 ) -> None:
     """Streaming R² on later simulated days with each kind of drift, per adaptation method."""
     from rich.console import Console
@@ -457,8 +497,15 @@ def evaluate_drift(
             kinds=tuple(kinds.split(",")) if kinds else tuple(DRIFTS),
             methods=tuple(methods.split(",")) if methods else tuple(METHODS),
         )
-        results = run(cfg, out, progress)
-    except (DriftEvalError, ArtifactError, ValueError, OSError) as e:
+        runner = None
+        if workers != 1:
+            from functools import partial
+
+            from benchmarks.executor import Executor, run_in_order
+
+            runner = partial(run_in_order, executor=Executor(workers=workers, console=console), title="drift tasks")
+        results = run(cfg, out, progress, runner)
+    except (DriftEvalError, ArtifactError, ValueError, OSError, RuntimeError) as e:
         console.print(f"[red]evaluate-drift: {e}[/red]")
         raise typer.Exit(1) from None
     console.print(markdown(results))

@@ -48,9 +48,10 @@ def _register() -> None:
 
     app.command("adapt-fit")(adapt_commands.adapt_fit)
 
-    from benchmarks import drift as drift_benchmark
+    from benchmarks import drift as drift_benchmark, sweep_cli
 
     app.command("evaluate-drift")(drift_benchmark.evaluate_drift)
+    app.command("sweep")(sweep_cli.sweep)
 
 
 @app.command()
