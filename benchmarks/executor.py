@@ -17,7 +17,8 @@ import json
 import os
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,17 +101,27 @@ class Executor:
         if ray is None:
             _run_here(todo, finished)
             return
-        started = not ray.is_initialized()
-        if started and self.address is None:  # `workers` tasks at once, whatever each asks
-            ray.init(num_cpus=self.workers * max(t.num_cpus for t in todo), include_dashboard=False,
-                     log_to_driver=False)
-        elif started:
+        with self.ray_instance(ray, max(t.num_cpus for t in todo)):
+            _run_on_ray(ray, todo, finished, self.workers if self.address is None else None)
+
+    @contextmanager
+    def ray_instance(self, ray, cpus_per_task: float) -> Iterator[None]:
+        """Ray as it is if already started (a test, a notebook); else a local instance with room
+        for `workers` tasks at once, or the cluster at `address`, shut down afterwards."""
+        if ray.is_initialized():
+            yield
+            return
+        if self.address is None:
+            # Ray runs workers at nice 15 by default; a local sweep's tasks are the work itself, and
+            # at the user's priority they compete with other jobs as the in-process run does
+            os.environ.setdefault("RAY_worker_niceness", "0")
+            ray.init(num_cpus=self.workers * cpus_per_task, include_dashboard=False, log_to_driver=False)
+        else:
             ray.init(address=self.address, log_to_driver=False)
         try:
-            _run_on_ray(ray, todo, finished, self.workers if self.address is None else None)
+            yield
         finally:
-            if started:
-                ray.shutdown()
+            ray.shutdown()
 
     # --- where ------------------------------------------------------------------------
     def _ray(self):

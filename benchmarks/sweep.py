@@ -30,7 +30,9 @@ statistics of training/report.py (mean ± s.d. and the Student-t 95% CI over see
 row per session and model point; each session's drift table is `SWEEP/drift-SESSION.md`,
 rendered by benchmarks/drift.py exactly as `evaluate-drift` renders it.
 
-New evaluations (closed-loop metrics) plug in through `EVALUATIONS` and `AGGREGATIONS`.
+A `[search]` table is a hyperparameter search run by Ray Tune after the tasks
+(benchmarks/sweep_tune.py). New evaluations (closed-loop metrics) plug in through
+`EVALUATIONS` (run in each task) and `AGGREGATIONS` (run once over all results).
 """
 from __future__ import annotations
 
@@ -87,6 +89,7 @@ class SweepSpec:
     threads: int = 1
     gpus: float = 0.0
     device: str = "cpu"
+    search: "SearchSpec | None" = None  # noqa: F821 (benchmarks.sweep_tune)
 
     def tasks(self, folder: Path) -> list[Task]:
         return [Task(task_key(s, m, seed), partial(run_task, s, m, seed, str(folder / "artifacts"),
@@ -106,7 +109,7 @@ def load_spec(path: Path) -> SweepSpec:
         raw = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise SweepError(f"{path}: {e}") from None
-    unknown = set(raw) - {"sessions", "models", "seeds", "evaluate", "threads", "gpus", "device"}
+    unknown = set(raw) - {"sessions", "models", "seeds", "evaluate", "threads", "gpus", "device", "search"}
     if unknown:
         raise SweepError(f"{path}: unknown keys {sorted(unknown)}")
     try:
@@ -118,8 +121,13 @@ def load_spec(path: Path) -> SweepSpec:
     seeds = raw.get("seeds", 1)
     seeds = tuple(range(seeds)) if isinstance(seeds, int) else tuple(int(s) for s in seeds)
     models = tuple(p for key, table in raw.get("models", {}).items() for p in model_points(key, table))
-    if not models or not seeds:
-        raise SweepError(f"{path}: needs at least one [models.NAME] table and one seed")
+    search = None
+    if "search" in raw:
+        from benchmarks.sweep_tune import SearchSpec
+
+        search = SearchSpec.parse(raw["search"], sessions)
+    if not (models or search) or not seeds:
+        raise SweepError(f"{path}: needs at least one [models.NAME] table (or a [search]) and one seed")
     evaluate = raw.get("evaluate", {})
     missing = set(evaluate) - set(EVALUATIONS) - {"heldout"}
     if missing:
@@ -127,29 +135,36 @@ def load_spec(path: Path) -> SweepSpec:
     if "drift" in evaluate:
         drift_config(evaluate["drift"], {}, 1)  # its settings are checked now, not in every task
     return SweepSpec(sessions, models, seeds, {k: v for k, v in evaluate.items() if k != "heldout"},
-                     int(raw.get("threads", 1)), float(raw.get("gpus", 0)), str(raw.get("device", "cpu")))
+                     int(raw.get("threads", 1)), float(raw.get("gpus", 0)), str(raw.get("device", "cpu")), search)
 
 
 def model_points(key: str, table: dict) -> list[ModelPoint]:
     """A model table expanded over its grid axes (list values), TrainConfig fields apart."""
-    from models.registry import MODEL_NAMES
-    from training.train import TrainConfig
-
     table = dict(table)
-    model = table.pop("model", key)
-    if model not in MODEL_NAMES:
-        raise SweepError(f"[models.{key}]: unknown model {model!r}; choose one of {', '.join(MODEL_NAMES)}")
+    model = checked_model(key, table.pop("model", key))
     axes = {k: v for k, v in table.items() if isinstance(v, list)}
-    train_fields = {f.name for f in fields(TrainConfig)} - {"seed", "device", "augment"}
     points = []
     for values in itertools.product(*axes.values()):
-        params = {**table, **dict(zip(axes, values))}
         grid = ",".join(f"{k}={v}" for k, v in zip(axes, values))
-        points.append(ModelPoint(
-            label=f"{key}[{grid}]" if grid else key, model=model,
-            hparams=tuple(sorted((k, v) for k, v in params.items() if k not in train_fields)),
-            train=tuple(sorted((k, v) for k, v in params.items() if k in train_fields))))
+        points.append(model_point(f"{key}[{grid}]" if grid else key, model, {**table, **dict(zip(axes, values))}))
     return points
+
+
+def checked_model(key: str, model: str) -> str:
+    from models.registry import MODEL_NAMES
+
+    if model not in MODEL_NAMES:
+        raise SweepError(f"[models.{key}]: unknown model {model!r}; choose one of {', '.join(MODEL_NAMES)}")
+    return model
+
+
+def model_point(label: str, model: str, params: dict) -> ModelPoint:
+    """TrainConfig fields (epochs, lr, ...) to training, everything else to the model's constructor."""
+    from training.train import TrainConfig
+
+    train_fields = {f.name for f in fields(TrainConfig)} - {"seed", "device", "augment"}
+    return ModelPoint(label, model, hparams=tuple(sorted((k, v) for k, v in params.items() if k not in train_fields)),
+                      train=tuple(sorted((k, v) for k, v in params.items() if k in train_fields)))
 
 
 # --- one task --------------------------------------------------------------------------------
@@ -189,23 +204,29 @@ def load_session(session: SessionSpec):
     return data, prov
 
 
+def train_point(session: SessionSpec, point: ModelPoint, seed: int, folder: Path, threads: int = 1,
+                device: str = "cpu", hooks=None) -> dict:
+    """Train one artifact into `folder` as `spikestream train` would; its training record."""
+    import torch
+
+    from training.runs import Hooks, RunSpec, run_seed
+
+    torch.set_num_threads(threads)  # before prepare: the baselines are fitted with the same threads
+    shared = prepared(session)
+    train = dict(point.train)
+    spec = RunSpec(model=point.model, out=folder, seeds=1, epochs=train.pop("epochs", None), device=device,
+                   threads=threads, hparams=dict(point.hparams), train_overrides=train)
+    return run_seed(spec, shared, seed, folder, hooks or Hooks())
+
+
 def run_task(session: SessionSpec, point: ModelPoint, seed: int, artifacts: str, evaluate: dict,
              threads: int = 1, device: str = "cpu") -> dict:
     """Train one artifact and run every evaluation on it; a JSON-able result."""
     import time
 
-    import torch
-
-    from training.runs import Hooks, RunSpec, run_seed
-
     started = time.perf_counter()
-    torch.set_num_threads(threads)  # before prepare: the baselines are fitted with the same threads
-    shared = prepared(session)
     folder = Path(artifacts) / task_key(session, point, seed)
-    train = dict(point.train)
-    spec = RunSpec(model=point.model, out=folder, seeds=1, epochs=train.pop("epochs", None), device=device,
-                   threads=threads, hparams=dict(point.hparams), train_overrides=train)
-    record = run_seed(spec, shared, seed, folder, Hooks())
+    record = train_point(session, point, seed, folder, threads, device)
     result = {"session": asdict(session), "label": point.label, "model": point.model, "seed": seed,
               "artifact": str(folder), "heldout": record}
     for name, settings in evaluate.items():
@@ -298,7 +319,7 @@ def drift_reports(spec: SweepSpec, results: list[dict], folder: Path, command: s
 AGGREGATIONS: dict[str, Callable[[SweepSpec, list[dict], Path, str], dict[str, Path]]] = {"drift": drift_reports}
 
 
-def summarize(spec: SweepSpec, outcomes: list[Outcome], folder: Path, command: str) -> dict:
+def summarize(spec: SweepSpec, outcomes: list[Outcome], folder: Path, command: str, search: dict | None) -> dict:
     """summary.md / summary.json of the sweep folder, plus each evaluation's own reports."""
     from benchmarks.report import markdown_table
 
@@ -312,18 +333,26 @@ def summarize(spec: SweepSpec, outcomes: list[Outcome], folder: Path, command: s
              "mean ± sample s.d. over seeds, 95% CI the Student-t interval of the mean.", "",
              markdown_table(heads, rows), ""]
     lines += [f"- {name} report ({session}): `{path}`" for name, per in reports.items() for session, path in per.items()]
+    if search and search["best"]:
+        lines += [f"- search: {len(search['trials'])} trials, best {search['best']['trial']} (validation R² "
+                  f"{search['best']['val_r2']:.4f}): `{folder / 'search.md'}`"]
     if failed:
         lines += ["", f"## Failed tasks ({len(failed)} of {len(outcomes)}; `--resume` reruns them)", "",
                   *(f"- `{k}`: {e}" for k, e in failed.items())]
     summary = {"command": command, "tasks": len(outcomes), "failed": failed, "heldout": stats, "reports": reports,
-               "resumed": [o.key for o in outcomes if o.resumed]}
+               "resumed": [o.key for o in outcomes if o.resumed], "search": search}
     write_atomic(folder / "summary.md", "\n".join(lines) + "\n")
     write_atomic(folder / "summary.json", json.dumps(summary, indent=1))
     return {**summary, "table": (heads, rows)}
 
 
 def run_sweep(spec: SweepSpec, folder: Path, executor: Executor, command: str = "") -> dict:
-    """Run every task of the sweep (skipping finished ones with resume) and summarize."""
+    """Run every task of the sweep (skipping finished ones with resume), then the search, and summarize."""
     folder.mkdir(parents=True, exist_ok=True)
-    outcomes = executor.run(spec.tasks(folder), "sweep tasks")
-    return summarize(spec, outcomes, folder, command)
+    outcomes = executor.run(spec.tasks(folder), "sweep tasks") if spec.models else []
+    search = None
+    if spec.search is not None:
+        from benchmarks.sweep_tune import run_search
+
+        search = run_search(spec.search, folder, executor, spec.threads, spec.gpus, spec.device)
+    return summarize(spec, outcomes, folder, command, search)

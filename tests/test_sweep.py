@@ -144,3 +144,21 @@ def test_cli_without_ray_runs_here_and_says_ray_would_spread_the_tasks(monkeypat
     assert "wiener" in (tmp_path / "o" / "summary.md").read_text()
     res = CliRunner().invoke(app, ["sweep", str(tmp_path / "nope.toml")])
     assert res.exit_code == 1 and "sweep:" in res.output and "Traceback" not in res.output
+
+
+def test_search_runs_on_ray_tune_and_resume_continues_it(local_ray, cache, tmp_path):
+    (tmp_path / "s.toml").write_text(
+        '[[sessions]]\nname = "sim"\ntask = "maze"\nseed = 3\nminutes = 2\nunits = 30\n'
+        '[search]\nmodel = "lstm"\nsamples = 2\nlayers = 1\nepochs = 2\nchunk_len = 40\nburn_in = 8\nbatch_size = 8\n'
+        '[search.space]\nhidden = { choice = [8, 16] }\nlr = { loguniform = [1e-3, 1e-2] }\n')
+    spec = load_spec(tmp_path / "s.toml")
+    folder = tmp_path / "out"
+    summary = run_sweep(spec, folder, Executor(workers=2, folder=folder))
+    trials = summary["search"]["trials"]
+    assert len(trials) == 2 and all(t["error"] is None and t["val_r2"] is not None for t in trials)
+    assert trials[0]["val_r2"] >= trials[1]["val_r2"] and trials[0]["hidden"] in (8, 16)
+    table = (folder / "search.md").read_text()
+    assert "best val R²" in table and all(f"| {t['trial']} |" in table for t in trials)
+    assert len(list((folder / "artifacts" / "search").glob("*/config.json"))) == 2
+    again = run_sweep(spec, folder, Executor(workers=2, folder=folder, resume=True))  # finished: nothing reruns
+    assert [t["trial"] for t in again["search"]["trials"]] == [t["trial"] for t in trials]
