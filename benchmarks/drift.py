@@ -330,9 +330,10 @@ def evaluate(cfg: DriftConfig, progress: Progress, run_tasks: Callable | None = 
     results = run_tasks(tasks) if run_tasks is not None else [task() for _, task in tasks]
     rows = [row for r in results for row in r["rows"]]
     parity = {r["rows"][0]["model"]: r["parity"] for r in results if "parity" in r}
+    if not cfg.latency_bins:
+        return {"rows": rows, "parity": parity, "latency": []}
     progress("per-bin cost of each method, alone")
-    first = next(iter(cfg.runs.values()))[0]
-    return {"rows": rows, "parity": parity, "latency": latency_task(first, cfg) if cfg.latency_bins else []}
+    return {"rows": rows, "parity": parity, "latency": latency_task(next(iter(cfg.runs.values()))[0], cfg)}
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -452,7 +453,8 @@ def run(cfg: DriftConfig, out: Path, progress: Progress, run_tasks: Callable | N
 
 
 # --- training what is missing ---------------------------------------------------------------------
-def take_or_train(model: str, folder: Path, seeds: int, epochs: int | None, progress: Progress) -> list[Path]:
+def take_or_train(model: str, folder: Path, seeds: int, epochs: int | None, progress: Progress,
+                  run_tasks: Callable | None = None) -> list[Path]:
     """Artifact folders of a run (seed-K inside, or one artifact); trained on the default session if absent."""
     from training.runs import RunSpec, artifact_folders, load_data, train_run
 
@@ -465,7 +467,7 @@ def take_or_train(model: str, folder: Path, seeds: int, epochs: int | None, prog
         n = 1 if model in ("wiener", "kalman") else seeds
         progress(f"training {model} ({n} seed(s)) into {folder}")
         session, prov = load_data(None)
-        train_run(RunSpec(model=model, out=folder, seeds=n, epochs=epochs), session, prov)
+        train_run(RunSpec(model=model, out=folder, seeds=n, epochs=epochs), session, prov, run_tasks=run_tasks)
         assert found() == artifact_folders(folder, n)
     return found()
 
@@ -490,20 +492,20 @@ def evaluate_drift(
     progress = Progress(console.print)
     argv = sys.argv[1:]
     command = "spikestream " + shlex.join(argv) if argv[:1] == ["evaluate-drift"] else "evaluate-drift (in-process)"
+    runner = None
+    if workers != 1:  # training and evaluation tasks on a local Ray instance
+        from functools import partial
+
+        from benchmarks.executor import Executor, run_in_order
+
+        runner = partial(run_in_order, executor=Executor(workers=workers, console=console), title="drift tasks")
     try:
         cfg = DriftConfig(
-            runs={m: take_or_train(m, runs_dir / m, seeds, epochs, progress) for m in model},
+            runs={m: take_or_train(m, runs_dir / m, seeds, epochs, progress, runner) for m in model},
             seeds=seeds, minutes=minutes, tau_s=tau, command=command,
             kinds=tuple(kinds.split(",")) if kinds else tuple(DRIFTS),
             methods=tuple(methods.split(",")) if methods else tuple(METHODS),
         )
-        runner = None
-        if workers != 1:
-            from functools import partial
-
-            from benchmarks.executor import Executor, run_in_order
-
-            runner = partial(run_in_order, executor=Executor(workers=workers, console=console), title="drift tasks")
         results = run(cfg, out, progress, runner)
     except (DriftEvalError, ArtifactError, ValueError, OSError, RuntimeError) as e:
         console.print(f"[red]evaluate-drift: {e}[/red]")

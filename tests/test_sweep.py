@@ -39,17 +39,9 @@ methods = ["none", "norm"]
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """A session cache for the module, set before Ray starts so its workers inherit it."""
-    path = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SPIKESTREAM_CACHE", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module")
 def local_ray(cache):
-    """A local Ray instance with two CPUs, started and stopped here; skipped without Ray."""
+    """A local Ray instance with two CPUs, started and stopped here (after `cache` is set, so its
+    workers inherit the cache); skipped without Ray."""
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
