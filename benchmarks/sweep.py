@@ -44,8 +44,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchmarks.executor import Executor, Outcome, Task, write_atomic
+
+if TYPE_CHECKING:  # imported where used: torch and Ray stay out of `--help`
+    from benchmarks.drift import DriftConfig
+    from benchmarks.sweep_tune import SearchSpec
 
 
 class SweepError(ValueError):
@@ -89,7 +94,7 @@ class SweepSpec:
     threads: int = 1
     gpus: float = 0.0
     device: str = "cpu"
-    search: "SearchSpec | None" = None  # noqa: F821 (benchmarks.sweep_tune)
+    search: SearchSpec | None = None
 
     def tasks(self, folder: Path) -> list[Task]:
         return [Task(task_key(s, m, seed), partial(run_task, s, m, seed, str(folder / "artifacts"),
@@ -235,7 +240,7 @@ def run_task(session: SessionSpec, point: ModelPoint, seed: int, artifacts: str,
     return result
 
 
-def drift_config(settings: dict, runs: dict, threads: int, command: str = "") -> "DriftConfig":  # noqa: F821
+def drift_config(settings: dict, runs: dict, threads: int, command: str = "") -> DriftConfig:
     from benchmarks.drift import DRIFTS, DriftConfig, DriftEvalError
     from decoder_runtime.adaptation import METHODS
 

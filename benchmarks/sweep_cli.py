@@ -29,7 +29,7 @@ def sweep(
     from rich.table import Table
 
     from benchmarks.executor import Executor
-    from benchmarks.sweep import SweepError, load_spec, run_sweep
+    from benchmarks.sweep import load_spec, run_sweep
 
     console = Console()
     try:
@@ -40,7 +40,7 @@ def sweep(
         console.print(f"{file}: {len(spec.sessions)} session(s) x {len(spec.models)} model point(s) x "
                       f"{len(spec.seeds)} seed(s) -> {folder}")
         summary = run_sweep(spec, folder, executor, "spikestream " + shlex.join(sys.argv[1:]))
-    except (SweepError, RuntimeError, OSError) as e:
+    except (ValueError, RuntimeError, OSError) as e:  # a SweepError is a ValueError
         console.print(f"[red]sweep: {e}[/red]")
         raise typer.Exit(1) from None
     heads, rows = summary["table"]
