@@ -260,33 +260,66 @@ def score_rows(label: str, seed: int, run: SeedRun) -> list[dict]:
     return rows
 
 
-def evaluate(cfg: DriftConfig, progress: Progress) -> dict:
-    """Every model x seed x drift kind x method; backend parity per model; latency once."""
+def seed_task(label: str, folder: Path, seed: int, cfg: DriftConfig, parity: bool = False,
+              progress: Progress | None = None) -> dict:
+    """One (model, seed): its later days' rows, and, if asked, the backend's parity with eager torch.
+    A self-contained task: it loads what it needs, so it can run in another process."""
     torch.set_num_threads(cfg.threads)
-    rows, parity, latency = [], {}, []
-    kind = "combined" if "combined" in cfg.kinds else cfg.kinds[-1]  # where parity and latency are measured
-    for label, folders in cfg.runs.items():
-        for seed in range(cfg.seeds):
-            artifact = load_artifact(folders[seed % len(folders)])
-            if "full" in cfg.methods:
-                artifact = ensure_latent(artifact, cfg.latent_k)
-            if cfg.backend == "auto":
-                artifact = ensure_exported(artifact)
-            run = run_seed(label, artifact, seed, cfg, progress)
-            rows += score_rows(label, seed, run)
-            if seed:
-                continue
-            method = cfg.methods[-1]
-            progress(f"{label}: {run.backend.name} vs eager torch on {kind}/{method}")
-            diff = backend_parity(artifact, run.sessions[kind].counts, make_chain(artifact, method, cfg),
-                                  run.pred(kind, method))
-            y_std = float(np.max(artifact.config["normalization"]["y_std"]))
-            parity[label] = {"kind": kind, "method": method, "backend": run.backend.name, "max_abs_diff": diff,
-                             "relative_to_y_std": diff / y_std}
-            if not latency:
-                progress(f"per-bin cost of each method on {kind}")
-                latency = chain_latency(artifact, run.backend, run.sessions[kind].counts, cfg)
-    return {"rows": rows, "parity": parity, "latency": latency}
+    progress = progress or Progress(lambda _: None)
+    artifact = load_artifact(folder)
+    run = run_seed(label, artifact, seed, cfg, progress)
+    out: dict = {"rows": score_rows(label, seed, run)}
+    if parity:
+        kind, method = parity_target(cfg)
+        progress(f"{label}: {run.backend.name} vs eager torch on {kind}/{method}")
+        diff = backend_parity(artifact, run.sessions[kind].counts, make_chain(artifact, method, cfg),
+                              run.pred(kind, method))
+        y_std = float(np.max(artifact.config["normalization"]["y_std"]))
+        out["parity"] = {"kind": kind, "method": method, "backend": run.backend.name, "max_abs_diff": diff,
+                         "relative_to_y_std": diff / y_std}
+    return out
+
+
+def parity_target(cfg: DriftConfig) -> tuple[str, str]:
+    """Where parity and latency are measured: the hardest drift kind, the last method."""
+    return ("combined" if "combined" in cfg.kinds else cfg.kinds[-1]), cfg.methods[-1]
+
+
+def latency_task(folder: Path, cfg: DriftConfig) -> list[dict]:
+    """Per-bin cost of each method on seed 0's later day; run alone, after the streams, so
+    no other task shares the CPU while it is timed."""
+    torch.set_num_threads(cfg.threads)
+    artifact = load_artifact(folder)
+    kind, _ = parity_target(cfg)
+    session = later_day(Day0.of(artifact), kind, 0, cfg.minutes, artifact.bin_width)
+    return chain_latency(artifact, make_backend(artifact, cfg.backend, "cpu", cfg.threads), session.counts, cfg)
+
+
+def evaluate(cfg: DriftConfig, progress: Progress, run_tasks: Callable | None = None) -> dict:
+    """Every model x seed x drift kind x method; backend parity per model; latency once.
+
+    Each (model, seed) is one task (`seed_task`); `run_tasks` runs them (benchmarks.executor,
+    on Ray or here), by default here, one after another."""
+    from functools import partial
+
+    torch.set_num_threads(cfg.threads)
+    # fit missing latent references and exports once, before tasks share the folders
+    for folder in {f for folders in cfg.runs.values() for f in folders}:
+        artifact = load_artifact(folder)
+        if "full" in cfg.methods:
+            artifact = ensure_latent(artifact, cfg.latent_k)
+        if cfg.backend == "auto":
+            ensure_exported(artifact)
+    tasks = [(f"{label}-seed{seed}", partial(seed_task, label, folders[seed % len(folders)], seed, cfg,
+                                             seed == 0, None if run_tasks else progress))
+             for label, folders in cfg.runs.items() for seed in range(cfg.seeds)]
+    results = run_tasks(tasks) if run_tasks is not None else [task() for _, task in tasks]
+    rows = [row for r in results for row in r["rows"]]
+    parity = {r["rows"][0]["model"]: r["parity"] for r in results if "parity" in r}
+    if not cfg.latency_bins:
+        return {"rows": rows, "parity": parity, "latency": []}
+    progress("per-bin cost of each method, alone")
+    return {"rows": rows, "parity": parity, "latency": latency_task(next(iter(cfg.runs.values()))[0], cfg)}
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -381,16 +414,21 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def run(cfg: DriftConfig, out: Path, progress: Progress) -> dict:
+def report(cfg: DriftConfig, raw: dict, machine: dict, warning: str | None, seconds: float) -> dict:
+    """What drift.json holds: the settings, the machine, the raw rows and their aggregate."""
+    return {"config": {**asdict(cfg), "runs": {k: [str(p) for p in v] for k, v in cfg.runs.items()},
+                       "drifts": {k: spec_dict(DRIFTS[k]) for k in cfg.kinds}},
+            "machine": machine, "load_warning": warning, "seconds": seconds,
+            **raw, "aggregate": aggregate(raw["rows"], cfg)}
+
+
+def run(cfg: DriftConfig, out: Path, progress: Progress, run_tasks: Callable | None = None) -> dict:
     from benchmarks.machine import load_warning, machine_info
 
     machine, warning = machine_info(), load_warning()
     started = time.perf_counter()
-    raw = evaluate(cfg, progress)
-    results = {"config": {**asdict(cfg), "runs": {k: [str(p) for p in v] for k, v in cfg.runs.items()},
-                          "drifts": {k: spec_dict(DRIFTS[k]) for k in cfg.kinds}},
-               "machine": machine, "load_warning": warning, "seconds": time.perf_counter() - started,
-               **raw, "aggregate": aggregate(raw["rows"], cfg)}
+    raw = evaluate(cfg, progress, run_tasks)
+    results = report(cfg, raw, machine, warning, time.perf_counter() - started)
     out.mkdir(parents=True, exist_ok=True)
     (out / "drift.json").write_text(json.dumps(results, indent=2))
     (out / "drift.md").write_text(markdown(results))
@@ -398,7 +436,8 @@ def run(cfg: DriftConfig, out: Path, progress: Progress) -> dict:
 
 
 # --- training what is missing ---------------------------------------------------------------------
-def take_or_train(model: str, folder: Path, seeds: int, epochs: int | None, progress: Progress) -> list[Path]:
+def take_or_train(model: str, folder: Path, seeds: int, epochs: int | None, progress: Progress,
+                  run_tasks: Callable | None = None) -> list[Path]:
     """Artifact folders of a run (seed-K inside, or one artifact); trained on the default session if absent."""
     from training.runs import RunSpec, artifact_folders, load_data, train_run
 
@@ -411,6 +450,6 @@ def take_or_train(model: str, folder: Path, seeds: int, epochs: int | None, prog
         n = 1 if model in ("wiener", "kalman") else seeds
         progress(f"training {model} ({n} seed(s)) into {folder}")
         session, prov = load_data(None)
-        train_run(RunSpec(model=model, out=folder, seeds=n, epochs=epochs), session, prov)
+        train_run(RunSpec(model=model, out=folder, seeds=n, epochs=epochs), session, prov, run_tasks=run_tasks)
         assert found() == artifact_folders(folder, n)
     return found()

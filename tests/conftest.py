@@ -31,3 +31,12 @@ def sim_nwb(tmp_path_factory: pytest.TempPathFactory) -> SimFile:
 def sim_session(sim_nwb: SimFile) -> BinnedSession:
     """`sim_nwb` read back with the default 25 ms bins."""
     return read_nwb(sim_nwb.path)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory):
+    """One session cache per test module ($SPIKESTREAM_CACHE): later days are simulated once and shared."""
+    path = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPIKESTREAM_CACHE", str(path))
+        yield path

@@ -18,15 +18,6 @@ from training.data import fit_normalization, make_split
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """One session cache for the module: later days are simulated once and shared."""
-    path = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SPIKESTREAM_CACHE", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module")
 def wiener_artifact(sim_nwb, sim_session, tmp_path_factory):
     """A Wiener filter trained on the small simulated session, recorded as simulated data."""
     split = make_split(sim_session)

@@ -28,7 +28,8 @@ def fmt_stat(stat: dict | None, digits: int = 3, spread: bool = True) -> str:
     return text
 
 
-def _ci(stat: dict) -> str:
+def fmt_ci(stat: dict) -> str:
+    """'[0.782, 0.810]' from a seed_stats dict ('–' without an interval)."""
     ci = stat.get("ci95")
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "–"
 
@@ -61,7 +62,7 @@ def task_table(summaries: dict[tuple[str, str], dict], task: str) -> list[str]:
                    f"{'yes' if beats[b] else '**NO**'} ({per_seed[b]}/{s['n_seeds']} seeds)" for b in per_seed}
         epochs = f"{fmt_stat(m.get('epochs_run'), 1)} ({fmt_stat(m.get('best_epoch'), 1)})" if "epochs_run" in m else "closed form"
         rows.append(
-            f"| {model} | {fmt_stat(m['r2'])} | {_ci(m['r2'])} | {fmt_stat(m['r2_vw'])} | {fmt_stat(m.get('trial_r2_median'))} | "
+            f"| {model} | {fmt_stat(m['r2'])} | {fmt_ci(m['r2'])} | {fmt_stat(m['r2_vw'])} | {fmt_stat(m.get('trial_r2_median'))} | "
             f"{fmt_stat(m.get('trial_r2_p5'))} | {int(m['n_params']['mean']):,} | {fmt_stat(m['seconds'], 0)} | {epochs} | "
             f"{verdict['wiener']} | {verdict['kalman']} |"
         )

@@ -22,6 +22,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -287,16 +288,31 @@ def artifact_folders(out: Path, seeds: int) -> list[Path]:
     return [out] if seeds == 1 else [out / f"seed-{k}" for k in range(seeds)]
 
 
-def train_run(spec: RunSpec, session: BinnedSession, provenance: dict, hooks: Hooks = Hooks()) -> dict:
-    """Train `spec.seeds` seeds of `spec.model`; write artifacts and summary.json; return the summary."""
+TaskRunner = Callable[[list[tuple[str, Callable[[], dict]]]], list[dict]]  # (key, task) -> results in order
+
+
+def seed_task(spec: RunSpec, shared: Shared, seed: int, folder: Path, hooks: Hooks = Hooks()) -> dict:
+    """One seed as a self-contained task (for a task runner that may run it in another process)."""
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    return run_seed(spec, shared, seed, folder, hooks)
+
+
+def train_run(spec: RunSpec, session: BinnedSession, provenance: dict, hooks: Hooks = Hooks(),
+              run_tasks: TaskRunner | None = None) -> dict:
+    """Train `spec.seeds` seeds of `spec.model`; write artifacts and summary.json; return the summary.
+
+    Seeds are independent tasks: `run_tasks` runs them (benchmarks.executor: Ray or this
+    process); by default here, one after another."""
     if spec.threads:
         torch.set_num_threads(spec.threads)
     if spec.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {spec.device}: CUDA is not available in this torch ({torch.__version__})")
     shared = prepare(session, provenance)
     spec.out.mkdir(parents=True, exist_ok=True)
-    records = [run_seed(spec, shared, seed, folder, hooks)
-               for seed, folder in enumerate(artifact_folders(spec.out, spec.seeds))]
+    tasks = [(f"seed-{seed}", partial(seed_task, spec, shared, seed, folder, hooks))
+             for seed, folder in enumerate(artifact_folders(spec.out, spec.seeds))]
+    records = run_tasks(tasks) if run_tasks is not None else [task() for _, task in tasks]
     summary = summarize(spec, shared, records)
     (spec.out / SUMMARY).write_text(json.dumps(summary, indent=2))
     return summary

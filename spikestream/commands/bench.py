@@ -145,6 +145,8 @@ def evaluate_drift(
     methods: Annotated[Optional[str], typer.Option("--methods", help="comma list of adaptation methods: none, health, norm, norm+health, full (default: all)")] = None,
     tau: Annotated[float, typer.Option("--adapt-tau", help="running-normalisation time constant, s")] = 60.0,
     out: Annotated[Path, typer.Option("--out", help="where drift.json and drift.md go")] = Path("benchmarks/results"),
+    workers: Annotated[int, typer.Option("--workers", min=1, help="(model, seed) tasks at once (> 1: on a local Ray "
+                                                                  "instance, the 'cluster' extra)")] = 1,
 ) -> None:
     """Streaming R² on later simulated days with each kind of drift, per adaptation method."""
     from benchmarks.drift import DRIFTS, DriftConfig, DriftEvalError, Progress, markdown, run, take_or_train
@@ -155,15 +157,22 @@ def evaluate_drift(
     progress = Progress(console.print)
     argv = sys.argv[1:]
     command = "spikestream " + shlex.join(argv) if argv[:1] == ["evaluate-drift"] else "evaluate-drift (in-process)"
+    runner = None
+    if workers != 1:  # training and evaluation tasks on a local Ray instance
+        from functools import partial
+
+        from benchmarks.executor import Executor, run_in_order
+
+        runner = partial(run_in_order, executor=Executor(workers=workers, console=console), title="drift tasks")
     try:
         cfg = DriftConfig(
-            runs={m: take_or_train(m, runs_dir / m, seeds, epochs, progress) for m in model},
+            runs={m: take_or_train(m, runs_dir / m, seeds, epochs, progress, runner) for m in model},
             seeds=seeds, minutes=minutes, tau_s=tau, command=command,
             kinds=tuple(kinds.split(",")) if kinds else tuple(DRIFTS),
             methods=tuple(methods.split(",")) if methods else tuple(METHODS),
         )
-        results = run(cfg, out, progress)
-    except (DriftEvalError, ArtifactError, ValueError, OSError) as e:
+        results = run(cfg, out, progress, runner)
+    except (DriftEvalError, ArtifactError, ValueError, OSError, RuntimeError) as e:
         console.print(f"[red]evaluate-drift: {e}[/red]")
         raise typer.Exit(1) from None
     console.print(markdown(results))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -69,6 +70,8 @@ def train(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="z-space augmentation (on by default)"),
     threads: int = typer.Option(1, "--threads", help="torch intra-op threads (1 measured fastest on a shared 2-core CPU)"),
+    workers: int = typer.Option(1, "--workers", help="seeds trained at once (> 1: on a local Ray instance, "
+                                                     "the 'cluster' extra)"),
 ) -> None:
     """Train a decoder on a chronological split; write the artifact(s), plots and summary.json.
 
@@ -108,9 +111,17 @@ def train(
                       f"in {record['seconds']:.0f} s -> {record['path']}")
 
     try:
-        with progress:
-            summary = train_run(spec, session, prov, Hooks(seed_start, epoch, seed_end))
-    except (ValueError, FloatingPointError) as e:
+        if workers == 1:
+            with progress:
+                summary = train_run(spec, session, prov, Hooks(seed_start, epoch, seed_end))
+        else:  # seeds in other processes: the executor's bar instead of per-epoch progress
+            from benchmarks.executor import Executor, run_in_order
+
+            runner = partial(run_in_order, executor=Executor(workers=workers, console=console), title=f"{model} seeds")
+            summary = train_run(spec, session, prov, run_tasks=runner)
+            for record in summary["runs"]:
+                seed_end(record)
+    except (ValueError, FloatingPointError, RuntimeError) as e:
         console.print(f"[red]train failed: {e}[/red]")
         raise typer.Exit(1) from None
     console.print(results_table(summary))
