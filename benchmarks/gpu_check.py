@@ -194,7 +194,7 @@ def write_results(work: Path, out: Path) -> Path:
     folder = out / slug(gpu_name)
     folder.mkdir(parents=True, exist_ok=True)
     phases = read_phases(work / "phases.tsv")
-    tests = test_outcomes([work / "tests_fast.xml", work / "tests_default.xml"])
+    tests = test_outcomes(sorted(work.glob("tests_*.xml")))
     results, raw = merge(work)
     head = check_markdown(gpu_name, info, phases, tests)
     if results is None:

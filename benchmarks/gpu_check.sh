@@ -6,11 +6,10 @@
 #      on CUDA; installs the carried wheels (only those the machine lacks) and this package with
 #      `pip install --no-deps --no-index --no-build-isolation -e .`, so pip never touches the
 #      machine's CUDA torch (checked before and after); nothing comes from the network;
-#   1. runs the GPU tests (pytest -m gpu, small and default model sizes, on 6 pytest-xdist
-#      workers; without xdist the default sizes run last, as phase 6): parity of every model x
-#      CUDA backend with eager torch over 2,000 bins before and after reset(), CUDA backends
-#      interleaved, CUDA backends inside the engine inline and on its worker thread, and
-#      step == forward on CUDA;
+#   1. runs the GPU tests (pytest -m gpu: small and default model sizes, 5 processes at once):
+#      parity of every model x CUDA backend with eager torch over 2,000 bins before and after
+#      reset(), CUDA backends interleaved, CUDA backends inside the engine inline and on its
+#      worker thread, and step == forward on CUDA;
 #   2. `spikestream bench`: lstm, transformer, rvq, mamba (default sizes, untrained: latency
 #      does not depend on weights) x {torch, torchscript, cudagraph} on cuda, 20,000 bins each
 #      back to back, host clock and CUDA events;
@@ -18,18 +17,21 @@
 #   4. the runtime: `replay --device cuda --speed max` (20,000 bins) and `--speed 1` (20 s),
 #      worker-thread and inline step, with the step backend measured fastest in 2;
 #   5. end to end: LSL outlet -> serve --device cuda -> ZeroMQ subscriber, 1,200 bins (30 s);
-#   6. (without pytest-xdist only) the default-size GPU tests;
-#   7. merges whatever finished into benchmarks/results/<gpu-name>/ files (report.md,
+#   6. merges whatever finished into benchmarks/results/<gpu-name>/ files (report.md,
 #      results.json, latencies.npz, PNGs, this log) and copies them to $OUT.
 # Each phase is its own process under `timeout` (its limit, cut to what is left of the whole
-# run's budget, GPU_CHECK_SECONDS, default 430 s, plus ~30 s to write results), so a phase
-# that hangs costs only itself, and whatever finished is written. Exit 0 when every phase
-# passed, 1 when one failed or ran out of time (the results are written all the same).
+# run's budget, GPU_CHECK_SECONDS, default 400 s, plus at most ~70 s to write results), so a
+# phase that hangs costs only itself, and whatever finished is written. Expected on an idle
+# H100 machine: ~6 min. Exit 0 when every phase passed, 1 when one failed or ran out of time
+# (the results are written all the same). A partial rerun on the still-warm machine, after a
+# fix, runs only the phases named (install and versions always run), e.g.
+#     GPU_CHECK_PHASES="tests bench" GPU_CHECK_SECONDS=240 bash benchmarks/gpu_check.sh
+# (phases: tests bench paced runtime e2e).
 #
 # Without CUDA (e.g. on the CPU machine) it checks its own inputs (wheels, package,
 # commands), says in one line that there is no CUDA, and exits 0 (1 if an input is missing).
 # `--rehearse` runs every phase on the CPU instead, tiny (torch and torchscript, a few hundred
-# bins, nothing installed), to try the script itself end to end in about 3 minutes.
+# bins, nothing installed), to try the script itself end to end (a few minutes).
 #
 # HOW TO RUN IT (a session that has a GPU machine; ~5 MB of wheels travel):
 #   1. here, on the CPU machine, in the repository root of the checkout the session runs
@@ -62,7 +64,7 @@ WHEELS=${GPU_CHECK_WHEELS:-$REPO/.whl}  # the carried wheels (override: to check
 # pytest) is already there.
 DISTS=(pynwb hdmf pylsl pyzmq jsonschema jsonschema-specifications referencing rpds-py ruamel.yaml platformdirs)
 MAX_WHEEL_MIB=60
-TOTAL_S=${GPU_CHECK_SECONDS:-420}
+TOTAL_S=${GPU_CHECK_SECONDS:-400}
 OUT_DIR=${OUT:-$REPO/out/gpu_check}
 PY=python3
 # What the bench phases run; --rehearse shrinks them to a CPU try-out.
@@ -122,6 +124,9 @@ prepare() {  # on the CPU machine, with PyPI: wheels for the GPU machine's CPyth
 phase() {  # NAME LIMIT_S COMMAND...: run under timeout, cut to the time left; log a line to phases.tsv
     local name=$1 limit=$2 left t0 rc
     shift 2
+    if [[ -n "${GPU_CHECK_PHASES:-}" && " install versions $GPU_CHECK_PHASES " != *" $name "* ]]; then
+        return  # a partial rerun: only the phases asked for
+    fi
     left=$(( END - $(date +%s) ))
     (( limit > left )) && limit=$left
     if (( limit < 20 )); then
@@ -170,16 +175,29 @@ EOF
 }
 
 versions() {
-    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,pstate,temperature.gpu --format=csv 2>&1 | head -n 3
     "$PY" -m benchmarks.gpu_check versions --json "$WORK/versions.json"
 }
 
-pytest_phase() {  # MARK XML [ARGS...]: the GPU tests; JUnit XML keeps each outcome and parity error
-    local mark=$1 xml=$2 extra=()
-    shift 2
+gpu_tests() {  # the GPU tests (-m gpu, both model sizes) in 5 processes at once, one per model group
+    # Most of their time is building and exporting artifacts on the CPU, cached per process,
+    # so each group builds only its own models'. JUnit XML keeps each outcome and parity error.
+    local groups=("lstm" "transformer" "rvq" "mamba or share_state" "wiener or kalman or engine") pids=() rc=0 i
+    local extra=()
     "$PY" -c "import pytest_timeout" 2>/dev/null && extra+=(--timeout 120)
-    "$PY" -m pytest -m "$mark" -o addopts="" -q -rfEs -p no:cacheprovider -W ignore::DeprecationWarning \
-        --junitxml "$xml" "${extra[@]}" "$@" tests/test_backends.py tests/test_engine.py tests/test_models.py
+    # Out of time: show how far each group got (one line per test) before going.
+    trap 'for f in "$WORK"/tests_*.log; do echo "-- $f (cut short):"; cat "$f"; done; exit 124' TERM
+    for i in "${!groups[@]}"; do
+        "$PY" -m pytest -m gpu -k "${groups[$i]}" -o addopts="" -v -rfEs -p no:cacheprovider \
+            -W ignore::DeprecationWarning --junitxml "$WORK/tests_$i.xml" "${extra[@]}" \
+            tests/test_backends.py tests/test_engine.py tests/test_models.py > "$WORK/tests_$i.log" 2>&1 &
+        pids+=("$!")
+    done
+    for i in "${!pids[@]}"; do
+        wait "${pids[$i]}" || rc=1
+        echo "-- tests -k '${groups[$i]}':"
+        cat "$WORK/tests_$i.log"
+    done
+    return "$rc"
 }
 
 spikestream_bench() {  # NAME ARGS...: spikestream bench on $DEVICE into $WORK/NAME
@@ -193,7 +211,7 @@ runtime_phases() {
     backend=$("$PY" -m benchmarks.gpu_check fastest "$WORK/bench" lstm --device "$DEVICE" --default "${STEP_BACKENDS##*,}")
     echo "runtime and end-to-end runs serve lstm on $backend (fastest $DEVICE step measured in phase bench)"
     # --bins 1: the token step section these phases need to start; its rows are not merged.
-    phase runtime 120 spikestream_bench runtime --models lstm --backends "$backend" --runtime-backend "$backend" \
+    phase runtime 150 spikestream_bench runtime --models lstm --backends "$backend" --runtime-backend "$backend" \
         --bins 1 --warmup 10 --no-e2e --replay-speed max,1 --runtime-bins "$REPLAY_BINS" --replay-seconds "$REPLAY_S"
     phase e2e 80 spikestream_bench e2e --models lstm --backends "$backend" --runtime-backend "$backend" --bins 1 \
         --warmup 10 --no-runtime --e2e-bins "$E2E_BINS"
@@ -204,23 +222,16 @@ run_check() {
     END=$(( START + TOTAL_S ))
     FAILED=()
     echo "spikestream GPU check, $(date -u +%FT%TZ), source $(cat "$WHEELS/SOURCE" 2>/dev/null || echo unknown)"
+    echo "torch ${TORCH_BEFORE% *}, CUDA available: ${TORCH_BEFORE##* }"
+    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,pstate,temperature.gpu --format=csv 2>&1 | head -n 3
     phase install 60 install_packages
     phase versions 40 versions
-    # Both sizes at once on 6 workers where pytest-xdist is there (it is in the GPU image): the
-    # time goes into building and exporting artifacts on the CPU, which parallelises.
-    local xdist=""
-    "$PY" -c "import xdist" 2>/dev/null && xdist=1
-    if [[ -n "$xdist" ]]; then
-        phase tests 150 pytest_phase gpu "$WORK/tests_fast.xml" -n 6 --dist load
-    else
-        phase tests 110 pytest_phase "gpu and not slow" "$WORK/tests_fast.xml"
-    fi
+    phase tests 150 gpu_tests
     phase bench 130 spikestream_bench bench --models lstm,transformer,rvq,mamba --backends "$STEP_BACKENDS" \
         --bins "$BINS" --warmup "$WARMUP" --no-runtime --no-e2e
     phase paced 100 spikestream_bench paced --models lstm,transformer,rvq,mamba --backends "$STEP_BACKENDS" \
         --bins "$PACED_BINS" --warmup "$WARMUP" --pace-hz 40 --no-runtime --no-e2e
     runtime_phases
-    [[ -n "$xdist" ]] || phase tests_default_size 150 pytest_phase "gpu and slow" "$WORK/tests_default.xml"
     echo "== phases done in $(( $(date +%s) - START ))s; failed or not run: ${FAILED[*]:-none}"
     (( ${#FAILED[@]} == 0 ))
 }
@@ -274,7 +285,7 @@ main() {
     export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
     # What the phases' fresh bash processes need.
     export PY WHEELS REPO WORK DEVICE TORCH_BEFORE REHEARSE
-    export -f install_packages versions pytest_phase spikestream_bench
+    export -f install_packages versions gpu_tests spikestream_bench
     mkdir -p "$OUT_DIR"
     rm -f "$OUT_DIR"/{gpu_check.log,report.md,results.json,*.tar.gz,*.png}
     local rc

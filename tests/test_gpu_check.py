@@ -62,7 +62,7 @@ def phases(tmp_path_factory):
         "def test_other():\n"
         "    pytest.skip('needs CUDA')\n")
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider", "--junitxml",
-                    str(work / "tests_fast.xml"), str(tests)], capture_output=True, timeout=120, cwd=tests)
+                    str(work / "tests_0.xml"), str(tests)], capture_output=True, timeout=120, cwd=tests)
     (work / "phases.tsv").write_text("bench\t0\t50\t130\tspikestream_bench bench ...\n"
                                      "e2e\tnot run\t0\t12\tspikestream_bench e2e ...\n")
     return work
