@@ -106,22 +106,20 @@ def merge(work: Path) -> tuple[dict | None, dict[str, np.ndarray]]:
     return results, raw
 
 
-def test_outcomes(xml_files: list[Path]) -> list[dict]:
+def read_test_outcomes(xml_files: list[Path]) -> list[dict]:
     """Each test case in pytest's JUnit XML: id, outcome, seconds, parity error if recorded."""
     out = []
     for f in xml_files:
-        if not f.is_file():
+        try:
+            cases = list(ET.parse(f).getroot().iter("testcase"))
+        except (OSError, ET.ParseError):  # a group cut short before pytest wrote its XML: its log tells
             continue
-        for case in ET.parse(f).getroot().iter("testcase"):
-            outcome = "passed"
-            for tag in ("failure", "error", "skipped"):
-                el = case.find(tag)
-                if el is not None:
-                    outcome = {"failure": "failed"}.get(tag, tag)
-                    message = (el.get("message") or "").splitlines()[0][:200] if el.get("message") else ""
-                    break
-            else:
-                message = ""
+        for case in cases:
+            outcome, message = "passed", ""
+            el = next((e for e in (case.find(t) for t in ("failure", "error", "skipped")) if e is not None), None)
+            if el is not None:
+                outcome = {"failure": "failed"}.get(el.tag, el.tag)
+                message = (el.get("message") or "").partition("\n")[0][:200]
             props = {p.get("name"): p.get("value") for p in case.iter("property")}
             err = props.get("parity_error")
             out.append({"test": f"{case.get('classname')}::{case.get('name')}", "outcome": outcome,
@@ -194,7 +192,7 @@ def write_results(work: Path, out: Path) -> Path:
     folder = out / slug(gpu_name)
     folder.mkdir(parents=True, exist_ok=True)
     phases = read_phases(work / "phases.tsv")
-    tests = test_outcomes(sorted(work.glob("tests_*.xml")))
+    tests = read_test_outcomes(sorted(work.glob("tests_*.xml")))
     results, raw = merge(work)
     head = check_markdown(gpu_name, info, phases, tests)
     if results is None:

@@ -148,7 +148,8 @@ def test_bench_cli_runtime_and_end_to_end(tmp_path) -> None:
     _register()
     res = CliRunner().invoke(app, [
         "bench", "--models", "lstm", "--backends", "torch", "--devices", "cpu", "--bins", "200", "--warmup", "20",
-        "--round", "100", "--no-scaling", "--e2e-bins", "100", "--out", str(out),
+        "--round", "100", "--no-scaling", "--e2e-bins", "100", "--replay-speed", "max,1", "--replay-seconds", "2",
+        "--out", str(out),
     ])
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
@@ -156,7 +157,12 @@ def test_bench_cli_runtime_and_end_to_end(tmp_path) -> None:
     assert not results["skipped"], results["skipped"]
     assert {r["run"] for r in results["replay"]} == {r["run"] for r in results["runtime_overhead"]} - {
         "serve, LSL at real pace"}
-    assert all(r["bins"] == 200 and r["bins_per_s"] > 0 for r in results["replay"])
+    # --speed max replays --bins; --speed 1 only the 80 bins (2 s at 25 ms) that fit in --replay-seconds
+    assert sorted((r["run"].split(",")[0], r["bins"]) for r in results["replay"]) == [
+        ("replay 1", 80), ("replay 1", 80), ("replay max", 200), ("replay max", 200)]
+    assert all(r["bins_per_s"] > 0 for r in results["replay"])
+    paced = {r["real_pace"] for r in results["runtime_overhead"] if r["run"].startswith("replay 1")}
+    assert paced == {True} and "runtime's own work p99 ≤ 50 µs (replay 1" in (out / "report.md").read_text()
     [run] = results["e2e_runs"]
     assert run["lost"] == 0 and run["received"] == run["expected"] == 100 + run["settle_bins"]
     measures = {r["measure"]: r for r in results["e2e"]}

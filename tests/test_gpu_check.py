@@ -28,7 +28,7 @@ BENCH = ["bench", "--models", "lstm", "--backends", "torch", "--devices", "cpu",
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the dry run is what happens without CUDA")
 def test_dry_run_names_what_is_missing_in_one_line(tmp_path):
     res = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=120,
-                         env={"PATH": "/usr/bin:/bin:" + str(Path(sys.executable).parent),
+                         env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
                               "GPU_CHECK_WHEELS": str(tmp_path / "no-wheels"), "HOME": str(tmp_path)})
     assert res.returncode == 1, res.stdout + res.stderr
     [line] = res.stdout.splitlines()
