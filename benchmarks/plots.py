@@ -53,8 +53,13 @@ def _by(rows: list[dict], field: str) -> dict[str, list[dict]]:
     return out
 
 
-def step_plots(rows: list[dict], raw: dict[str, np.ndarray], out_dir: Path, deadlines_us) -> list[Path]:
-    """Per device: a CDF figure and an over-time figure, one panel per model, a line per backend."""
+def step_plots(rows: list[dict], raw: dict[str, np.ndarray], out_dir: Path, deadlines_us,
+               name: str = "step") -> list[Path]:
+    """Per device: a CDF figure and an over-time figure, one panel per model, a line per backend.
+
+    Files are NAME_cdf_DEVICE.png and NAME_over_time_DEVICE.png; a paced run's rows are
+    titled with their pace.
+    """
     paths = []
     for device, dev_rows in _by(rows, "device").items():
         models = _by(dev_rows, "model")
@@ -65,20 +70,25 @@ def step_plots(rows: list[dict], raw: dict[str, np.ndarray], out_dir: Path, dead
                 _cdf(ax, raw[r["name"]] / 1e3, r["backend"])
             for d in deadlines_us:
                 ax.axvline(d, color="grey", ls=":", lw=0.8)
-            ax.set(xscale="log", xlabel="step latency (µs)", ylabel="fraction of bins ≤ x", title=f"{model} on {device}")
+            ax.set(xscale="log", xlabel="step latency (µs)", ylabel="fraction of bins ≤ x", title=_title(model, device, mrows))
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=8)
-        paths.append(_save(fig, out_dir / f"step_cdf_{tag}.png"))
+        paths.append(_save(fig, out_dir / f"{name}_cdf_{tag}.png"))
         fig, axes = _grid(len(models))
         for ax, (model, mrows) in zip(axes, models.items()):
             for r in mrows:
                 us = raw[r["name"]] / 1e3
                 ax.plot(np.arange(us.size), us, ".", ms=1.2, alpha=0.5, label=r["backend"])
-            ax.set(yscale="log", xlabel="bin", ylabel="step latency (µs)", title=f"{model} on {device}")
+            ax.set(yscale="log", xlabel="bin", ylabel="step latency (µs)", title=_title(model, device, mrows))
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=8, markerscale=8)
-        paths.append(_save(fig, out_dir / f"step_over_time_{tag}.png"))
+        paths.append(_save(fig, out_dir / f"{name}_over_time_{tag}.png"))
     return paths
+
+
+def _title(model: str, device: str, rows: list[dict]) -> str:
+    pace = rows[0].get("pace_hz")
+    return f"{model} on {device}" + (f" at {pace:g} Hz" if pace else "")
 
 
 def scaling_plot(channel_rows: list[dict], width_rows: list[dict], out_dir: Path) -> list[Path]:

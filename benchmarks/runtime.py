@@ -35,9 +35,9 @@ def throughput(stamps: np.ndarray, stages: tuple[str, ...]) -> dict:
     return {"bins": int(len(stamps)), "seconds": float(span_s), "bins_per_s": float(len(stamps) / span_s)}
 
 
-def replay_max(artifact: Path, work_dir: Path, *, backend: str, device: str, threads: int, max_bins: int,
-               deadline_ms: float, timeout_s: float = 600.0) -> dict:
-    """Run `spikestream replay ARTIFACT --speed max` (default session) with a record; returns its stamps.
+def replay_run(artifact: Path, work_dir: Path, *, backend: str, device: str, threads: int, max_bins: int,
+               deadline_ms: float, speed: str = "max", timeout_s: float = 600.0) -> dict:
+    """Run `spikestream replay ARTIFACT --speed SPEED` (default session) with a record; returns its stamps.
 
     Publishing to a loopback port with no subscriber and recording to NWB are both on, so
     every stage of the loop does its real work. `deadline_ms` 0 runs the step inline (no
@@ -45,10 +45,10 @@ def replay_max(artifact: Path, work_dir: Path, *, backend: str, device: str, thr
     """
     from decoder_runtime.record import STAGES, read_record
 
-    tag = f"{backend}-{device}-d{deadline_ms:g}".replace(":", "")
+    tag = f"{backend}-{device}-s{speed}-d{deadline_ms:g}".replace(":", "")
     record, log, summary = (work_dir / f"replay_{tag}.nwb", work_dir / f"replay_{tag}.log",
                             work_dir / f"replay_{tag}.json")
-    argv = procs.cli("replay", str(artifact), "--speed", "max", "--zmq", f"tcp://127.0.0.1:{procs.free_port()}",
+    argv = procs.cli("replay", str(artifact), "--speed", speed, "--zmq", f"tcp://127.0.0.1:{procs.free_port()}",
                      "--record", str(record), "--backend", backend, "--device", device, "--threads", str(threads),
                      "--max-bins", str(max_bins), "--deadline-ms", f"{deadline_ms:g}", "--summary-json", str(summary))
     proc = procs.start(argv, log)

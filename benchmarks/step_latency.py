@@ -8,7 +8,9 @@ cross-check on the device's own clock.
 
 Variants run interleaved in rounds (a round of bins for each variant, cycling, with the
 order rotated every round) rather than one after another, so a burst of machine noise
-lands on all of them alike instead of on whichever happened to be running.
+lands on all of them alike instead of on whichever happened to be running. Or, with a
+pace (`run_paced`), every variant steps once per period of a real-time schedule, the way a
+rig feeds a decoder, so what a bin costs after the machine sat idle for 25 ms shows.
 """
 from __future__ import annotations
 
@@ -100,26 +102,30 @@ def warm_up(runner: Runner, n_bins: int) -> None:
         torch.cuda.synchronize()
 
 
-def _time_bins(runner: Runner, start: int, stop: int, t: Timing) -> None:
-    """Time bins [start, stop) of this runner's stream; state continues from the last call."""
+def _bin_timer(runner: Runner, t: Timing) -> Callable[[int], None]:
+    """A function that times bin i of this runner's stream into `t`; state carries on from the last bin.
+
+    On a GPU, CUDA events on the backend's stream bracket the same window as the host clock.
+    """
     step, counts, host, vel = runner.backend.step, runner.counts, t.host_ns, t.velocity
     n_rows = len(counts)
     clock = time.perf_counter_ns
     if t.gpu_ns is None:
-        for i in range(start, stop):
+        def one(i: int) -> None:
             x = counts[i % n_rows]
             t0 = clock()
             y = step(x)
             t1 = clock()
             host[i] = t1 - t0
             vel[i] = y
-        return
+        return one
     import torch
 
     stream = torch.cuda.current_stream(torch.device(runner.variant.device))
     ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     gpu = t.gpu_ns
-    for i in range(start, stop):
+
+    def one_cuda(i: int) -> None:
         x = counts[i % n_rows]
         ev0.record(stream)
         t0 = clock()
@@ -130,6 +136,25 @@ def _time_bins(runner: Runner, start: int, stop: int, t: Timing) -> None:
         host[i] = t1 - t0
         gpu[i] = int(ev0.elapsed_time(ev1) * 1e6)
         vel[i] = y
+    return one_cuda
+
+
+def _start_timings(runners: Sequence[Runner], n_bins: int) -> list[Timing]:
+    """Empty per-bin arrays for every runner, each runner reset to its start state."""
+    timings = []
+    for r in runners:
+        r.backend.reset()
+        cuda = r.variant.device.startswith("cuda")
+        timings.append(Timing(r.variant, np.zeros(n_bins, np.int64),
+                              np.zeros(n_bins, np.int64) if cuda else None, np.zeros((n_bins, 2), np.float32)))
+    return timings
+
+
+def _check_finite(timings: list[Timing]) -> list[Timing]:
+    for t in timings:
+        if not np.isfinite(t.velocity).all():
+            raise RuntimeError(f"{t.variant.key}: backend returned non-finite velocities")
+    return timings
 
 
 def run_interleaved(
@@ -145,12 +170,8 @@ def run_interleaved(
     """
     if n_bins <= 0 or round_size <= 0:
         raise ValueError(f"bins ({n_bins}) and round size ({round_size}) must be positive")
-    timings = []
-    for r in runners:
-        r.backend.reset()
-        cuda = r.variant.device.startswith("cuda")
-        timings.append(Timing(r.variant, np.zeros(n_bins, np.int64),
-                              np.zeros(n_bins, np.int64) if cuda else None, np.zeros((n_bins, 2), np.float32)))
+    timings = _start_timings(runners, n_bins)
+    timers = [_bin_timer(r, t) for r, t in zip(runners, timings)]
     gc.collect()
     gc.freeze()
     try:
@@ -159,12 +180,47 @@ def run_interleaved(
             start, stop = k * round_size, min(n_bins, (k + 1) * round_size)
             order = [(j + k) % len(runners) for j in range(len(runners))]
             for j in order:
-                _time_bins(runners[j], start, stop, timings[j])
+                one = timers[j]
+                for i in range(start, stop):
+                    one(i)
             if on_round is not None:
                 on_round(k + 1, n_rounds)
     finally:
         gc.unfreeze()
-    for t in timings:
-        if not np.isfinite(t.velocity).all():
-            raise RuntimeError(f"{t.variant.key}: backend returned non-finite velocities")
-    return timings
+    return _check_finite(timings)
+
+
+def run_paced(runners: Sequence[Runner], n_bins: int, hz: float) -> tuple[list[Timing], list[np.ndarray]]:
+    """Time n_bins bins per runner at `hz` bins per second each, the pace a rig feeds them.
+
+    Back to back, a step finds the CPU's and GPU's caches, clocks and branch predictors hot
+    from the bin before; at 40 Hz a rig's decoder waits 25 ms between bins, and every stage
+    gets slower (REFERENCE.md: a numba LSTM step 40 us back to back, ~240 us at 40 Hz). So
+    each runner steps once per period, in its own fixed slot: runner j's bin k is released
+    at t0 + k / hz + j / (hz * len(runners)), the slots spread evenly through the period, on
+    one drift-free schedule (replay.pacing.Pacer: sleep, then spin the last 1 ms). Every
+    runner therefore sees exactly 1 / hz between its own bins, with the others' steps in
+    between, as a rig's decoder sees the rest of the runtime. All runners must fit in one
+    period; a step that overruns its slot delays the next release, which the returned
+    lateness (ns, per runner and bin, how late each release was) shows.
+    """
+    from replay.pacing import Pacer
+
+    if n_bins <= 0 or not hz > 0:
+        raise ValueError(f"bins ({n_bins}) and pace ({hz} Hz) must be positive")
+    n = len(runners)
+    timings = _start_timings(runners, n_bins)
+    timers = [_bin_timer(r, t) for r, t in zip(runners, timings)]
+    late = [np.zeros(n_bins, np.int64) for _ in runners]
+    pacer = Pacer(1.0 / (hz * n))  # one slot per runner per period
+    gc.collect()
+    gc.freeze()
+    try:
+        pacer.start()
+        for k in range(n_bins):
+            for j, one in enumerate(timers):
+                late[j][k] = pacer.wait(k * n + j)
+                one(k)
+    finally:
+        gc.unfreeze()
+    return _check_finite(timings), late

@@ -16,10 +16,12 @@ from benchmarks import artifacts as arts
 from benchmarks import BenchError, e2e, runtime, scaling
 from benchmarks.machine import load_warning, machine_info
 from benchmarks.stats import DEFAULT_DEADLINES_US, ratio, summarize
-from benchmarks.step_latency import Runner, Timing, Variant, build_runner, pin_threads, run_interleaved, warm_up
+from benchmarks.step_latency import (Runner, Timing, Variant, build_runner, pin_threads, run_interleaved, run_paced,
+                                     warm_up)
 from decoder_runtime.backends.base import BackendUnavailable
 from decoder_runtime.backends import BACKENDS
 from models.artifact import ArtifactError, read_config
+from replay.pacing import pacing_stats, parse_speed
 
 Log = Callable[[str], None]
 REFERENCE_BACKEND = "torch"
@@ -34,6 +36,7 @@ class BenchConfig:
     bins: int = 20_000
     warmup: int = 500
     round_size: int = 500
+    pace_hz: float | None = None  # None: step bins back to back; else each variant once per 1/pace_hz s
     deadlines_us: list[float] = field(default_factory=lambda: list(DEFAULT_DEADLINES_US))
     threads: int = 1
     seed: int = 0
@@ -51,6 +54,9 @@ class BenchConfig:
     runtime: bool = True  # replay --speed max: throughput and the runtime's per-stage work
     runtime_model: str = "lstm"  # which benchmarked model the runtime and e2e runs serve
     runtime_backend: str | None = None  # None: that model's fastest step backend on each device
+    replay_speeds: list[str] = field(default_factory=lambda: ["max"])  # `replay --speed` values to run
+    runtime_bins: int | None = None  # bins per replay run (None: --bins, at most the session's)
+    replay_seconds: float = 60.0  # a replay at a finite speed is cut to the bins that fit in this long
     reference_backend: str = REFERENCE_BACKEND
     command: str = "spikestream bench"
 
@@ -88,9 +94,9 @@ def _rows(section: str, timings: list[Timing], models: dict[str, str], deadlines
 
 def measure_variants(
     section: str, plan: list[tuple[Variant, arts.BenchArtifact]], counts: dict[str, np.ndarray], cfg: BenchConfig,
-    n_bins: int, log: Log, extra: dict[str, dict] | None = None,
+    n_bins: int, log: Log, extra: dict[str, dict] | None = None, pace_hz: float | None = None,
 ) -> Measured:
-    """Build every variant that can run here, warm each up, time them interleaved."""
+    """Build every variant that can run here, warm each up, time them interleaved (or paced)."""
     runners: list[Runner] = []
     skipped = []
     for variant, art in plan:
@@ -101,12 +107,19 @@ def measure_variants(
             skipped.append({"name": f"{section}/{variant.key}", "reason": why})
     for r in runners:
         warm_up(r, cfg.warmup)
-    log(f"{section}: timing {len(runners)} variants × {n_bins:,} bins in rounds of {cfg.round_size}"
+    how = f"at {pace_hz:g} Hz each (≈ {n_bins / pace_hz:,.0f} s)" if pace_hz else f"in rounds of {cfg.round_size}"
+    log(f"{section}: timing {len(runners)} variants × {n_bins:,} bins {how}"
         + (f" ({len(skipped)} not available here)" if skipped else ""))
     if not runners:
         return Measured(skipped=skipped)
-    timings = run_interleaved(runners, n_bins, cfg.round_size)
+    late: list[np.ndarray] = []
+    if pace_hz:
+        timings, late = run_paced(runners, n_bins, pace_hz)
+    else:
+        timings = run_interleaved(runners, n_bins, cfg.round_size)
     m = _rows(section, timings, {a.label: a.model for _, a in plan}, cfg.deadlines_us, extra or {})
+    for row, ns in zip(m.rows, late):  # rows are in runner order; how late each release was
+        row.update(pace_hz=pace_hz, release_late=pacing_stats(ns))
     m.skipped = skipped
     return m
 
@@ -140,6 +153,11 @@ def validate(cfg: BenchConfig) -> None:
             raise BenchError(str(e)) from None
 
 
+def step_key(cfg: BenchConfig) -> str:
+    """The results section the step latencies go to: 'step' back to back, 'step_paced' at a pace."""
+    return "step_paced" if cfg.pace_hz else "step"
+
+
 def step_section(session, work_dir: Path, cfg: BenchConfig, log: Log) -> tuple[Measured, list[arts.BenchArtifact], list[str]]:
     notes = []
     built: list[arts.BenchArtifact] = []
@@ -166,7 +184,7 @@ def step_section(session, work_dir: Path, cfg: BenchConfig, log: Log) -> tuple[M
     backends = cfg.backends or list(BACKENDS)
     plan = [(Variant(a.label, b, d), a) for a in built for d in cfg.resolved_devices() for b in backends]
     counts = {a.label: _counts_for(session, a) for a in built}
-    m = measure_variants("step", plan, counts, cfg, cfg.bins, log)
+    m = measure_variants(step_key(cfg), plan, counts, cfg, cfg.bins, log, pace_hz=cfg.pace_hz)
     add_ratios(m.rows, cfg.reference_backend)
     return m, built, notes
 
@@ -208,13 +226,21 @@ def _runtime_backend(step: Measured, art: arts.BenchArtifact, device: str, cfg: 
 
 
 def _stage_rows(run: str, art: arts.BenchArtifact, backend: str, device: str, stamps, stages, cfg: BenchConfig,
-                m: Measured) -> None:
+                m: Measured, real_pace: bool) -> None:
     for stage, ns in runtime.stage_latencies(stamps, stages).items():
         if ns.size:
             name = f"runtime_overhead/{run}/{art.label}/{backend}/{device}/{stage}"
             m.rows.append({"name": name, "run": run, "model": art.label, "model_kind": art.model, "backend": backend,
-                           "device": device, "stage": stage, "summary": summarize(ns, cfg.deadlines_us)})
+                           "device": device, "stage": stage, "real_pace": real_pace,
+                           "summary": summarize(ns, cfg.deadlines_us)})
             m.raw[name] = ns
+
+
+def _replay_bins(cfg: BenchConfig, session, speed: str) -> int:
+    """Bins for one replay run: --runtime-bins (or --bins), and at a finite speed no more than fit in replay_seconds."""
+    n = min(cfg.runtime_bins or cfg.bins, session.n_bins)
+    factor = parse_speed(speed)
+    return n if factor is None else max(1, min(n, int(cfg.replay_seconds * factor / session.bin_width)))
 
 
 def runtime_section(session, art: arts.BenchArtifact, step: Measured, work_dir: Path, cfg: BenchConfig,
@@ -231,18 +257,20 @@ def runtime_section(session, art: arts.BenchArtifact, step: Measured, work_dir: 
             continue
         base = {"model": art.label, "backend": backend, "device": device}
         if cfg.runtime:
-            n = min(cfg.bins, session.n_bins)
-            for deadline, run in ((10.0, "replay max, 10 ms deadline (worker-thread step)"),
-                                  (0.0, "replay max, no deadline (inline step)")):
+            runs = [(speed, deadline, f"replay {speed}, {how}") for speed in cfg.replay_speeds
+                    for deadline, how in ((10.0, "10 ms deadline (worker-thread step)"), (0.0, "no deadline (inline step)"))]
+            for speed, deadline, run in runs:
+                n = _replay_bins(cfg, session, speed)
                 log(f"runtime: {run}, {art.label} on {backend}/{device}, {n:,} bins")
                 try:
-                    r = runtime.replay_max(art.path, work_dir, backend=backend, device=device, threads=cfg.threads,
-                                           max_bins=n, deadline_ms=deadline)
+                    r = runtime.replay_run(art.path, work_dir, backend=backend, device=device, threads=cfg.threads,
+                                           max_bins=n, deadline_ms=deadline, speed=speed)
                 except RuntimeError as e:
                     overhead.skipped.append({"name": f"replay/{run}/{art.label}/{backend}/{device}", "reason": str(e)})
                     continue
                 replay_rows.append({"run": run, **base, **runtime.throughput(r["stamps"], r["stages"])})
-                _stage_rows(run, art, backend, device, r["stamps"], r["stages"], cfg, overhead)
+                _stage_rows(run, art, backend, device, r["stamps"], r["stages"], cfg, overhead,
+                            real_pace=parse_speed(speed) is not None)
         if cfg.e2e:
             total = cfg.e2e_bins + E2E_SETTLE_BINS
             log(f"e2e: LSL outlet → serve ({art.label} on {backend}/{device}) → ZeroMQ, {total:,} bins at "
@@ -263,8 +291,17 @@ def runtime_section(session, art: arts.BenchArtifact, step: Measured, work_dir: 
                              "settle_bins": res.settle_bins, "flagged": res.flagged, "outlet_pacing_us": res.outlet})
             if res.record is not None:
                 stamps = read_record(res.record)["stamps"][E2E_SETTLE_BINS:]
-                _stage_rows("serve, LSL at real pace", art, backend, device, stamps, STAGES, cfg, overhead)
+                _stage_rows("serve, LSL at real pace", art, backend, device, stamps, STAGES, cfg, overhead,
+                            real_pace=True)
     return {"replay": replay_rows, "runtime_overhead": overhead, "e2e": e2e_rows, "e2e_runs": e2e_runs}
+
+
+def _timing_note(cfg: BenchConfig) -> str:
+    if not cfg.pace_hz:
+        return f"timed in interleaved rounds of {cfg.round_size} bins with the order rotated every round"
+    return (f"timed at {cfg.pace_hz:g} Hz: each variant steps once per {1e3 / cfg.pace_hz:g} ms period in its own "
+            "slot, the slots spread evenly through the period (so the others' steps run in between), on a "
+            "sleep-then-spin schedule; release_late in results.json is how late each release was")
 
 
 def run_bench(cfg: BenchConfig, work_dir: Path, log: Log = lambda s: None) -> tuple[dict, dict[str, np.ndarray]]:
@@ -284,7 +321,7 @@ def run_bench(cfg: BenchConfig, work_dir: Path, log: Log = lambda s: None) -> tu
              f"{session.n_channels} channels, {session.bin_width * 1e3:g} ms bins (cycled when more bins are timed)",
              f"threads: torch intra-op {cfg.threads}, inter-op 1; ONNX Runtime intra-op {cfg.threads}",
              f"each variant: {cfg.warmup} untimed warm-up bins (compilation, graph capture, caches), then reset(); "
-             f"timed in interleaved rounds of {cfg.round_size} bins with the order rotated every round",
+             + _timing_note(cfg),
              "latency = time.perf_counter_ns() from step(counts) to the velocity as a host NumPy array; "
              "on CUDA, events bracket the same window (cuda_event_summary in results.json)",
              "gc stays enabled; objects from setup are frozen (gc.freeze) before timing",
@@ -294,7 +331,7 @@ def run_bench(cfg: BenchConfig, work_dir: Path, log: Log = lambda s: None) -> tu
     notes += more
     results: dict = {"started": started, "config": _jsonable(cfg), "machine": machine, "notes": notes,
                      "bin_width_s": session.bin_width,
-                     "warnings": warnings, "artifacts": [_jsonable(a) for a in built], "step": step.rows,
+                     "warnings": warnings, "artifacts": [_jsonable(a) for a in built], step_key(cfg): step.rows,
                      "skipped": list(step.skipped)}
     raw = dict(step.raw)
     if cfg.scaling:

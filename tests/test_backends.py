@@ -41,8 +41,8 @@ def base(tmp_path_factory):
 _refs: dict = {}
 
 
-def check_backend(base, name: str, kind: str, device: str, size: str = "small") -> None:
-    """Stream all bins, reset, stream them again: both passes equal eager torch."""
+def check_backend(base, name: str, kind: str, device: str, size: str = "small") -> float:
+    """Stream all bins, reset, stream them again: both passes equal eager torch; returns the larger error."""
     path = make_artifact(base, name, size)
     artifact = load_artifact(path)
     counts = bins(base, size)
@@ -54,9 +54,9 @@ def check_backend(base, name: str, kind: str, device: str, size: str = "small") 
     assert backend.name == kind and backend.device == device
     first = stream(backend.step, counts)
     assert first.dtype == np.float32
-    assert_parity(first, ref, artifact.model)
+    err = assert_parity(first, ref, artifact.model)
     backend.reset()  # from a state 2,000 bins in, back to the start
-    assert_parity(stream(backend.step, counts), ref, artifact.model)
+    return max(err, assert_parity(stream(backend.step, counts), ref, artifact.model))
 
 
 @pytest.mark.parametrize("kind", CPU_KINDS)
@@ -73,10 +73,10 @@ def test_numba_lstm_parity(base):
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("kind", GPU_KINDS)
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_gpu_parity(base, name, kind):
+def test_gpu_parity(base, name, kind, record_property):
     if kind == "onnx" and not _ort_cuda():
         pytest.skip("onnxruntime-gpu (CUDAExecutionProvider) not installed")
-    check_backend(base, name, kind, "cuda")
+    record_property("parity_error", check_backend(base, name, kind, "cuda"))  # for the GPU check's report
 
 
 @pytest.mark.slow
@@ -93,24 +93,27 @@ def test_cpu_parity_default_size(base, name, kind):
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("kind", GPU_KINDS)
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_gpu_parity_default_size(base, name, kind):
+def test_gpu_parity_default_size(base, name, kind, record_property):
     if kind == "onnx" and not _ort_cuda():
         pytest.skip("onnxruntime-gpu (CUDAExecutionProvider) not installed")
-    check_backend(base, name, kind, "cuda", size="default")
+    record_property("parity_error", check_backend(base, name, kind, "cuda", size="default"))
 
 
-def test_backends_do_not_share_state(base):
-    """Two backends of one artifact, interleaved, each keep their own state."""
+@pytest.mark.parametrize("device, kinds", [
+    ("cpu", ("onnx", "torch")),
+    # Two CUDA graphs of one artifact must not share static buffers or memory pools.
+    pytest.param("cuda", ("cudagraph", "cudagraph", "torch", "torchscript"),
+                 marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")]),
+])
+def test_backends_do_not_share_state(base, device, kinds):
+    """Backends of one artifact, interleaved bin by bin, each keep their own state."""
     artifact = load_artifact(make_artifact(base, "mamba"))
     counts = bins(base)[:300]
-    a, b = make_backend(artifact, "onnx"), make_backend(artifact, "torch")
-    got_a, got_b = [], []
-    for x in counts:
-        got_a.append(a.step(x))
-        got_b.append(b.step(x))
+    backends = [make_backend(artifact, kind, device) for kind in kinds]
+    got = np.array([[b.step(x) for b in backends] for x in counts])  # [bins, backends, 2]
     ref = eager_reference(artifact.model, counts)
-    assert_parity(np.array(got_a), ref, artifact.model)
-    assert_parity(np.array(got_b), ref, artifact.model)
+    for i in range(len(backends)):
+        assert_parity(got[:, i], ref, artifact.model)
 
 
 # --- what is not available, and why ---------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 from benchmarks.artifacts import build_untrained, widen
 from benchmarks.report import load_raw
 from benchmarks.stats import summarize, to_uint32_ns
-from benchmarks.step_latency import Variant, build_runner, run_interleaved
+from benchmarks.step_latency import Variant, build_runner, run_interleaved, run_paced
 from spikestream.cli import _register, app
 from replay import default_session
 
@@ -63,6 +64,49 @@ def test_interleaving_keeps_each_stream_continuous(tmp_path, session) -> None:
     assert all(t.host_ns.shape == (230,) and (t.host_ns > 0).all() for t in timed)
 
 
+def test_paced_runners_keep_the_schedule_and_their_streams(tmp_path, session) -> None:
+    """At a pace, each runner steps once per period in its own slot; its outputs are one uninterrupted stream."""
+    torch.set_num_threads(1)
+    arts = [build_untrained(tmp_path, "lstm", session, hparams={"hidden": h}, backends=["torch"]) for h in (16, 8)]
+    runners = [build_runner(Variant(a.label, "torch", "cpu"), a.path, session.counts, 1) for a in arts]
+    n, hz = 20, 100.0
+    t0 = time.perf_counter()
+    timed, late = run_paced(runners, n_bins=n, hz=hz)
+    elapsed = time.perf_counter() - t0
+    # The last release (runner 1's bin n-1) is due (n - 1 + 1/2) periods after the first: never earlier.
+    assert elapsed >= (n - 0.5) / hz
+    assert [t.host_ns.shape for t in timed] == [(n,), (n,)] and all((t.host_ns > 0).all() for t in timed)
+    assert [x.shape for x in late] == [(n,), (n,)] and all((x >= 0).all() for x in late)
+    backend = runners[1].backend
+    backend.reset()
+    np.testing.assert_array_equal(timed[1].velocity, np.stack([backend.step(session.counts[i]) for i in range(n)]))
+    with pytest.raises(ValueError, match="positive"):
+        run_paced(runners, n_bins=5, hz=0.0)
+
+
+def test_bench_cli_paced(tmp_path) -> None:
+    """--pace-hz puts the step rows in their own section, with the pace and the schedule's lateness."""
+    out = tmp_path / "bench"
+    _register()
+    res = CliRunner().invoke(app, [
+        "bench", "--model", "lstm", "--backend", "torch,torchscript", "--device", "cpu", "--bins", "16",
+        "--warmup", "5", "--pace-hz", "80", "--no-e2e", "--no-runtime", "--no-scaling", "--out", str(out),
+    ])
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "results.json").read_text())
+    assert "step" not in results
+    rows = results["step_paced"]
+    assert [(r["backend"], r["pace_hz"], r["summary"]["n"]) for r in rows] == [("torch", 80.0, 16),
+                                                                                ("torchscript", 80.0, 16)]
+    assert all(0 <= r["release_late"]["p50_us"] <= r["release_late"]["max_us"] for r in rows)
+    assert any("timed at 80 Hz" in note for note in results["notes"])
+    report = (out / "report.md").read_text()
+    assert "## Per-bin step latency at real pace (µs)" in report and "| lstm | torch | cpu | 80 |" in report
+    assert sorted(p.name for p in out.glob("*.png")) == ["step_paced_cdf_cpu.png", "step_paced_over_time_cpu.png"]
+    bad = CliRunner().invoke(app, ["bench", "--replay-speed", "max,fast,-1", "--no-e2e"])
+    assert bad.exit_code != 0 and "speed must be a positive number" in bad.output
+
+
 def test_bench_cli_smoke(tmp_path) -> None:
     out = tmp_path / "bench"
     _register()
@@ -103,8 +147,9 @@ def test_bench_cli_runtime_and_end_to_end(tmp_path) -> None:
     out = tmp_path / "bench"
     _register()
     res = CliRunner().invoke(app, [
-        "bench", "--models", "lstm", "--backends", "torch", "--devices", "cpu", "--bins", "200", "--warmup", "20",
-        "--round", "100", "--no-scaling", "--e2e-bins", "100", "--out", str(out),
+        "bench", "--model", "lstm", "--backend", "torch", "--device", "cpu", "--bins", "200", "--warmup", "20",
+        "--round", "100", "--no-scaling", "--e2e-bins", "100", "--replay-speed", "max,1", "--replay-seconds", "2",
+        "--out", str(out),
     ])
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
@@ -112,7 +157,12 @@ def test_bench_cli_runtime_and_end_to_end(tmp_path) -> None:
     assert not results["skipped"], results["skipped"]
     assert {r["run"] for r in results["replay"]} == {r["run"] for r in results["runtime_overhead"]} - {
         "serve, LSL at real pace"}
-    assert all(r["bins"] == 200 and r["bins_per_s"] > 0 for r in results["replay"])
+    # --speed max replays --bins; --speed 1 only the 80 bins (2 s at 25 ms) that fit in --replay-seconds
+    assert sorted((r["run"].split(",")[0], r["bins"]) for r in results["replay"]) == [
+        ("replay 1", 80), ("replay 1", 80), ("replay max", 200), ("replay max", 200)]
+    assert all(r["bins_per_s"] > 0 for r in results["replay"])
+    paced = {r["real_pace"] for r in results["runtime_overhead"] if r["run"].startswith("replay 1")}
+    assert paced == {True} and "runtime's own work p99 ≤ 50 µs (replay 1" in (out / "report.md").read_text()
     [run] = results["e2e_runs"]
     assert run["lost"] == 0 and run["received"] == run["expected"] == 100 + run["settle_bins"]
     measures = {r["measure"]: r for r in results["e2e"]}
@@ -121,3 +171,20 @@ def test_bench_cli_runtime_and_end_to_end(tmp_path) -> None:
         assert raw[r["name"]].size == r["summary"]["n"] > 0
     assert measures["push → receive"]["summary"]["n"] == 100
     assert (out / "e2e.png").is_file() and (out / "runtime_overhead.png").is_file()
+
+
+def test_cuda_event_timings_get_their_own_table() -> None:
+    """Rows timed on a GPU carry a second summary (CUDA events); the report shows it beside the host clock's."""
+    from benchmarks.report import table_data
+
+    host = summarize(np.arange(1, 101, dtype=np.int64) * 1000)
+    events = summarize(np.arange(1, 101, dtype=np.int64) * 900)
+    row = {"name": "step/lstm/cudagraph/cuda", "model": "lstm", "backend": "cudagraph", "device": "cuda",
+           "summary": host, "cuda_event_summary": events}
+    results = {"config": {"deadlines_us": [1000.0]}, "step": [row, {**row, "name": "x", "backend": "torch",
+                                                                    "cuda_event_summary": host}]}
+    tables = {title: rows for title, _, rows, _ in table_data(results)}
+    assert set(tables) == {"Per-bin step latency (µs)", "Per-bin step latency, by CUDA events around the same window (µs)"}
+    [by_events, _] = tables["Per-bin step latency, by CUDA events around the same window (µs)"]
+    assert by_events[:4] == ["lstm", "cudagraph", "cuda", "45.0"]  # p50 of 0.9..90 µs
+    assert tables["Per-bin step latency (µs)"][0][3] == "50.0"

@@ -95,6 +95,23 @@ def test_slow_steps_get_the_fallback_on_time_and_the_state_stays_exact(env):
     assert not (r.flags & (Flag.DROPPED | Flag.RESET)).any()
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", ("torch", "cudagraph"))
+@pytest.mark.parametrize("deadline_ms", (None, 10.0))
+def test_cuda_backends_in_the_engine_equal_the_offline_step(env, kind, deadline_ms):
+    """On CUDA, inline and on the engine's worker thread (a thread that did not build the
+    backend or capture its graph), the model's outputs are the CPU offline step's."""
+    from training.export import TOLERANCE, parity_error
+
+    s, art, _ = env
+    n = 200
+    r = h.run(art, ReplaySource.from_session(s.slice(0, n), speed=4.0), make_backend(art, kind, "cuda"),
+              deadline_ms=deadline_ms or 0)
+    assert r.n_bins == n and not (r.flags & (Flag.DROPPED | Flag.RESET)).any()
+    assert parity_error(r.model_vel, h.offline(art.model, s.counts[:n]), art.model.y_std.numpy()) <= TOLERANCE
+
+
 def test_without_a_fallback_a_miss_repeats_the_last_velocity(env):
     s, _, art = env
     backend = SlowFor(make_backend(art, "torch", "cpu", 1), {30}, 0.030)

@@ -36,27 +36,22 @@ def _ints(value: str, what: str) -> list[int]:
     return out
 
 
+def _speeds(value: str) -> list[str]:
+    from replay.pacing import parse_speed
+
+    speeds = _csv(value, "replay speed") or []
+    for v in speeds:
+        try:
+            parse_speed(v)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+    return speeds
+
+
 def _command_line() -> str:
     """The command as typed, for the report's header (the config block has every value)."""
     argv = sys.argv[1:]
     return "spikestream " + shlex.join(argv) if argv[:1] == ["bench"] else "spikestream bench (invoked in-process)"
-
-
-def write_outputs(results: dict, raw: dict, out: Path) -> list[Path]:
-    """results.json, latencies.npz, PNG plots and report.md into `out`."""
-    from benchmarks import plots, report
-    from benchmarks.runtime import MODEL_STEP, OWN_WORK
-
-    out.mkdir(parents=True, exist_ok=True)
-    deadlines = results["config"]["deadlines_us"]
-    figs = plots.step_plots(results.get("step") or [], raw, out, deadlines)
-    figs += plots.scaling_plot(results.get("scaling_channels") or [], results.get("scaling_width") or [], out)
-    overhead = [r for r in results.get("runtime_overhead") or [] if r["stage"] in (OWN_WORK, MODEL_STEP)]
-    figs += plots.distribution_plot(overhead, raw, out, "runtime_overhead", "runtime per bin, by stage",
-                                    lambda r: f"{r['run']} · {r['backend']}/{r['device']}: {r['stage']}")
-    figs += plots.distribution_plot(results.get("e2e") or [], raw, out, "e2e", "LSL push → ZeroMQ receive",
-                                    lambda r: f"{r['measure']} · {r['backend']}/{r['device']}")
-    return [report.write_json(results, out), report.write_raw(raw, out), report.write_markdown(results, figs, out), *figs]
 
 
 # Long only by its option declarations (one per line); the body builds a config and makes one call.
@@ -67,6 +62,7 @@ def bench(
     bins: int = typer.Option(20_000, min=1, help="timed bins per variant"),
     warmup: int = typer.Option(500, min=1, help="untimed warm-up bins per variant"),
     round_size: int = typer.Option(500, "--round", min=1, help="bins per variant per interleaved round"),
+    pace_hz: float = typer.Option(None, "--pace-hz", min=0.001, help="step each variant once per 1/HZ s (all variants in each period, in turn) instead of back to back, e.g. 40 for 25 ms bins; takes bins/HZ seconds"),
     deadline_ms: list[float] = typer.Option([1.0], "--deadline-ms", help="deadline to count misses against, ms (repeatable; the bin width is always added)"),
     threads: int = typer.Option(1, min=1, help="intra-op threads for torch and ONNX Runtime"),
     seed: int = typer.Option(0, help="seed of the untrained models' random init"),
@@ -77,6 +73,9 @@ def bench(
     runtime: bool = typer.Option(True, "--runtime/--no-runtime", help="`replay --speed max`: throughput and the runtime's own work per stage"),
     runtime_model: str = typer.Option("lstm", help="model that the runtime and end-to-end runs serve"),
     runtime_backend: str = typer.Option(None, help="backend for the runtime and end-to-end runs (default: the model's fastest step)"),
+    replay_speed: str = typer.Option("max", help="comma-separated `replay --speed` values for the runtime runs, e.g. max,1"),
+    runtime_bins: int = typer.Option(None, min=1, help="bins per replay run (default: --bins)"),
+    replay_seconds: float = typer.Option(60.0, min=0.1, help="a replay at a finite --replay-speed runs at most this long (fewer bins)"),
     scaling: bool = typer.Option(True, "--scaling/--no-scaling", help="channel-count and width sweeps"),
     scaling_model: str = typer.Option("lstm", help="model swept for scaling"),
     scaling_backend: str = typer.Option(None, help="backend for the sweeps (default: the model's fastest)"),
@@ -99,7 +98,9 @@ def bench(
 
     cfg = BenchConfig(
         models=_csv(models, "models"), backends=_csv(backends, "backends"), devices=_csv(devices, "devices"),
-        bins=bins, warmup=warmup, round_size=round_size, deadlines_us=list(deadline_us), threads=threads, seed=seed,
+        bins=bins, warmup=warmup, round_size=round_size, pace_hz=pace_hz, deadlines_us=list(deadline_us),
+        threads=threads, seed=seed, replay_speeds=_speeds(replay_speed), runtime_bins=runtime_bins,
+        replay_seconds=replay_seconds,
         artifacts=list(artifact), untrained=untrained, scaling=scaling, scaling_model=scaling_model,
         scaling_backend=scaling_backend, scaling_device=scaling_device, scaling_bins=scaling_bins,
         channels=_ints(channels, "channels"), widths=_ints(widths, "widths"), e2e=e2e, e2e_bins=e2e_bins,
@@ -131,7 +132,7 @@ def bench(
         mark = "[green]met[/]" if t["met"] else "[red]not met[/]"
         console.print(f"target {t['target']}: {t['measured']} ({t['variant']}) {mark}")
     if out is not None:
-        files = write_outputs(results, raw, out)
+        files = report.write_outputs(results, raw, out)
         console.print(f"wrote {', '.join(str(f) for f in files)}")
 
 
