@@ -102,7 +102,7 @@ def cli(*args: str, **popen) -> subprocess.Popen:
 
 
 _SECTION = {"deadline_ms": "deadline", "reserve_us": "deadline", "max_backlog": "deadline", "bad_bin": "validation",
-            "late_ms": "validation", "on_gap": "validation", "record": "output", "zmq": "output",
+            "late_ms": "validation", "on_gap": "validation", "record": "output", "zmq": "output", "wait_subscriber_s": "output",
             "method": "adapt", "tau_s": "adapt"}
 
 

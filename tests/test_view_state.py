@@ -9,11 +9,10 @@ import msgpack
 import numpy as np
 import zmq
 
-from decoder_runtime.adaptation.base import Adapter
 from decoder_runtime.adaptation import AdaptSettings, build_chain
 from decoder_runtime.adaptation.reference import TrainingReference
 from decoder_runtime.messages import Flag, MessagePacker
-from decoder_runtime.publish import Publisher, connect_subscriber
+from decoder_runtime.publish import connect_subscriber
 from decoder_runtime.status import TOPIC as STATUS, StatusReporter, unpack as unpack_status
 from decoder_runtime.view.state import TASK, VELOCITY, ViewState
 import runtime_helpers as h
@@ -111,26 +110,19 @@ def test_status_reports_identity_rate_and_channel_health():
 
 
 def test_engine_publishes_status_between_bins(tmp_path):
-    """A real engine on a real socket: status messages arrive on their own topic, bins counted."""
-    from decoder_runtime.backends import make_backend
-    from decoder_runtime.engine import Engine, EngineSettings
+    """A real runtime on a real socket: status messages arrive on their own topic, bins counted."""
+    from decoder_runtime.assemble import open_runtime
     from decoder_runtime.sources.replay import ReplaySource
 
     s = h.session(tmp_path)
     art = h.loaded(h.artifact(tmp_path))
     addr = f"tcp://127.0.0.1:{h.free_port()}"
-    pub = Publisher(addr)
-    sub = connect_subscriber(addr)
+    sub = connect_subscriber(addr)  # connects before the runtime binds; ZeroMQ retries until it does
     sub.setsockopt(zmq.SUBSCRIBE, STATUS)
-    assert pub.wait_for_subscriber(5)
-    status = StatusReporter(lambda b: pub.send(b, STATUS), model=art.model_id, backend="torch", device="cpu",
-                            artifact_sha256="x", code="c", source={}, adapter=Adapter(), interval_s=0.2)
-    source = ReplaySource(s.counts[:120], s.t[:120], s.bin_width, speed=4.0)  # 0.75 s
-    eng = Engine(source, make_backend(art, "torch", "cpu", 1), model_id=art.model_id,
-                 fill=np.asarray(art.config["normalization"]["x_mean"], np.float32),
-                 settings=EngineSettings(deadline_ms=None, block=10), publisher=pub, between_bins=status.tick)
-    eng.run()
-    pub.close()
+    source = ReplaySource(s.counts[:120], s.t[:120], s.bin_width, speed=1.0)  # 3 s: about 3 status messages
+    cfg = h.config(art.path, zmq=addr, wait_subscriber_s=10.0, deadline_ms=0, flush_every=10)
+    with open_runtime(cfg, command="test", source=source) as rt:
+        rt.run()
     got = {b"velocity": [], STATUS: []}
     while sub.poll(500):
         topic, body = sub.recv_multipart()
