@@ -1,16 +1,19 @@
-"""Does watching a session slow it down? The decoder's latency with no view vs open views.
+"""Does watching a session slow it down? The decoder's latency with and without open views.
 
     python3 -m benchmarks.view_load --out benchmarks/results/view [--bins 1200] [--reps 2] [--pages 3]
 
 Runs the real `spikestream replay --speed 1` (the default simulated session, an untrained
 2x256 LSTM unless `--artifact` is given, `--adapt health` so the status message carries
-channel health) several times, alternating two variants in one run so both see the same
-machine: no view at all, and one `spikestream view` process subscribed to the replay with
-`--pages` pages open in a headless Chromium (Debian's, driven by playwright). It reports
-the replay's own summary (arrival -> sent p50 / p99 / p99.9 / max, deadline misses, publish
-drops), how often each page redrew (frames per second, sampled every 2 s while 40 bins/s
-arrive), the view process's CPU use, and the machine's load. With `--screenshot`, the first
-page is saved at the end of the last run with views.
+channel health) several times, alternating five variants in one run so all see the same
+machine: no subscriber at all (every message is dropped at the socket); `spikestream
+listen` as the one subscriber (the baseline: a session always has a consumer, such as the
+cursor task); one `spikestream view` subscribed with no page open (the subscriber and web
+server alone); the view with `--pages` pages open in a headless Chromium (Debian's, driven
+by playwright) on the same machine; and the same with that Chromium at `nice -n 19`. It
+reports the replay's own summary (arrival -> sent p50 / p99 / p99.9 / max, deadline misses,
+publish drops), how often each page redrew (frames per second, sampled every 2 s while
+40 bins/s arrive), the view process's CPU use, and the machine's load. With
+`--screenshot`, the first page is saved while bins arrive in the last run with pages.
 """
 from __future__ import annotations
 
@@ -28,7 +31,9 @@ import typer
 
 from benchmarks import procs
 
-VARIANTS = ("no view", "views")
+NO_SUB, LISTEN = "no subscriber", "listen (no view)"
+VIEW_ONLY, PAGES, PAGES_NICE = "view, no page", "view + pages", "view + pages, browser at nice 19"
+VARIANTS = (NO_SUB, LISTEN, VIEW_ONLY, PAGES, PAGES_NICE)
 
 
 def cpu_s(pid: int) -> float:
@@ -80,17 +85,27 @@ def open_pages(browser, url: str, n: int, ready_js: str = "window.spikeview && w
     return pages
 
 
-def _one_run(variant: str, artifact: Path, bins: int, pages_n: int, browser, work: Path, k: int,
+def _receiving(url: str) -> bool:
+    """True once the view has received a velocity message (its /state.json has a last_rx)."""
+    with urllib.request.urlopen(url + "state.json", timeout=5) as r:
+        return json.load(r)["last_rx"] is not None
+
+
+def _one_run(variant: str, artifact: Path, bins: int, pages_n: int, browsers: dict, work: Path, k: int,
              screenshot: Path | None) -> dict:
-    """One replay with or without views; returns its summary, the pages' fps and the view's CPU."""
+    """One replay in one variant; returns its summary, the pages' fps and the view's CPU."""
     addr = f"tcp://127.0.0.1:{procs.free_port()}"
-    view = None
+    view = url = listener = None
     pages: list = []
-    if variant == "views":
+    if variant == LISTEN:  # the baseline: a plain subscriber, as any consumer of the velocities is
+        listener = procs.start(procs.cli("listen", "--zmq", addr), work / f"listen-{k}.log")
+    elif variant != NO_SUB:
         port = procs.free_port()
+        url = f"http://127.0.0.1:{port}/"
         view = procs.start(procs.cli("view", "--zmq", addr, "--port", str(port)), work / f"view-{k}.log")
-        wait_http(f"http://127.0.0.1:{port}/", view)
-        pages = open_pages(browser, f"http://127.0.0.1:{port}/", pages_n)
+        wait_http(url, view)
+        if variant in browsers:
+            pages = open_pages(browsers[variant], url, pages_n)
     summary_file = work / f"summary-{k}.json"
     replay = procs.start(procs.cli("replay", str(artifact), "--speed", "1", "--max-bins", str(bins), "--zmq", addr,
                                    "--adapt", "health", "--summary-json", str(summary_file)), work / f"replay-{k}.log")
@@ -99,15 +114,21 @@ def _one_run(variant: str, artifact: Path, bins: int, pages_n: int, browser, wor
     cpu0 = t0 = None
     while replay.poll() is None:
         time.sleep(2.0)
-        if not pages or replay.poll() is not None:
+        if view is None or replay.poll() is not None:
             continue
-        if cpu0 is None:  # from the first bins on
-            if pages[0].evaluate("document.getElementById('seq').dataset.value") is not None:
+        if cpu0 is None:  # measure from the first bins on, not over the replay's start-up
+            if _receiving(url):
                 cpu0, t0 = cpu_s(view.pid), time.monotonic()
             continue
         fps += [p.evaluate("window.spikeview.fps") for p in pages]
         frame_ms += [p.evaluate("window.spikeview.frameMs") for p in pages]
+        if screenshot is not None and pages and time.monotonic() - t0 > 11:  # live, with a full 10 s strip
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            pages[0].screenshot(path=str(screenshot))
+            screenshot = None
     out: dict = {"variant": variant, "loadavg_after": list(os.getloadavg())}
+    if listener is not None:
+        procs.stop(listener)
     if replay.returncode != 0:
         raise RuntimeError(f"replay failed:\n{procs.tail(work / f'replay-{k}.log')}")
     out["summary"] = json.loads(summary_file.read_text())
@@ -116,10 +137,6 @@ def _one_run(variant: str, artifact: Path, bins: int, pages_n: int, browser, wor
         out["fps"] = {"min": min(fps), "median": statistics.median(fps), "samples": len(fps),
                       "js_ms_per_frame_median": statistics.median(frame_ms)} if fps else None
         out["page_last_seq"] = [int(p.evaluate("document.getElementById('seq').dataset.value")) for p in pages]
-        if screenshot is not None:
-            pages[0].wait_for_timeout(1500)
-            screenshot.parent.mkdir(parents=True, exist_ok=True)
-            pages[0].screenshot(path=str(screenshot))
         for p in pages:
             p.context.close()
         procs.stop(view)
@@ -145,10 +162,10 @@ def main(
     artifact: Path = typer.Option(None, "--artifact", help="Artifact to replay (default: an untrained 2x256 LSTM on the default session)."),
     bins: int = typer.Option(1200, "--bins", help="Bins per replay (40 per second)."),
     reps: int = typer.Option(2, "--reps", help="Runs of each variant, alternated."),
-    pages: int = typer.Option(3, "--pages", help="Open pages in the views variant."),
-    screenshot: Path = typer.Option(None, "--screenshot", help="Save the first page here at the end of the last views run."),
+    pages: int = typer.Option(3, "--pages", help="Open pages in the variants with pages."),
+    screenshot: Path = typer.Option(None, "--screenshot", help="Save the first page here, live, during the last run with pages."),
 ) -> None:
-    """Decoder latency with no view vs `--pages` open views, side by side in one run."""
+    """Decoder latency with no view, a view alone, and `--pages` open pages, side by side in one run."""
     from playwright.sync_api import sync_playwright
 
     from benchmarks.machine import machine_info
@@ -159,18 +176,23 @@ def main(
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
         work = Path(tmp)
         art = _artifact(artifact, work)
-        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        niced = work / "chromium-nice"  # the same Chromium, started at the lowest CPU priority
+        niced.write_text(f'#!/bin/sh\nexec nice -n 19 {chromium} "$@"\n')
+        niced.chmod(0o755)
+        browsers = {PAGES: pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"]),
+                    PAGES_NICE: pw.chromium.launch(executable_path=str(niced), args=["--no-sandbox"])}
         order = [v for _ in range(reps) for v in VARIANTS]
         for k, variant in enumerate(order):
-            last_views = variant == "views" and k == len(order) - 1
-            runs.append(_one_run(variant, art, bins, pages, browser, work, k, screenshot if last_views else None))
+            last_pages = variant == PAGES and k == len(order) - len(VARIANTS) + VARIANTS.index(PAGES)
+            runs.append(_one_run(variant, art, bins, pages, browsers, work, k, screenshot if last_pages else None))
             typer.echo(_table(runs[-1:]).splitlines()[-1])
-        browser.close()
+        for b in browsers.values():
+            b.close()
     result = {"machine": machine_info(), "bins": bins, "pages": pages, "runs": runs}
     (out / "view_load.json").write_text(json.dumps(result, indent=2, default=float))
     md = (f"# Decoder latency with and without open views\n\n`python3 -m benchmarks.view_load --bins {bins} "
           f"--reps {reps} --pages {pages}`: `replay --speed 1 --adapt health` of the default session, "
-          f"alternating no view / one `spikestream view` with {pages} headless Chromium pages open.\n"
+          f"alternating: {' / '.join(VARIANTS)} ({pages} headless Chromium pages on the same machine).\n"
           f"Machine: {result['machine']['cpu']}, {result['machine']['usable_cores']} usable cores, "
           f"load at the end {os.getloadavg()[0]:.2f}.\n\n{_table(runs)}\n")
     (out / "view_load.md").write_text(md)
