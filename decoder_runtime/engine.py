@@ -341,7 +341,7 @@ class Engine:
                     continue
                 counts, t_src, lag_s, flags = got
                 # 2. validate: flags, and the bin to decode in validator.x (unless DROPPED)
-                flags |= validator.check(counts, t_src, lag_s)
+                flags |= validator.check(counts, t_src, lag_s, flags)
                 t_val = mono()
                 if flags & _DROPPED:
                     # not decoded: the message repeats the last velocity, the state does not move
