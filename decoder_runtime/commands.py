@@ -22,6 +22,7 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.live import Live
 from rich.table import Table
 
@@ -188,7 +189,7 @@ def _run(open_source, artifact, backend, kind: str, *, device: str, zmq: str, al
         engine = Engine(source, backend, model_id=artifact.model_id,
                         fill=np.asarray(artifact.config["normalization"]["x_mean"], dtype=np.float32),
                         settings=settings, publisher=publisher, recorder=recorder, fallback=fallback,
-                        adapter=adapter, late_ms=late_ms, bad_bin=bad_bin, on_event=lambda line: console.print(f"[dim]{line}[/dim]"))
+                        adapter=adapter, late_ms=late_ms, bad_bin=bad_bin, on_event=lambda line: console.print(f"[dim]{escape(line)}[/dim]"))
         console.print(f"[bold]{command}[/bold]: {artifact.model_id} on {kind}/{device}; "
                       f"deadline {settings.deadline_ms or 'none'} ms; fallback: {fallback_note}; adapt: {adapter.name}; "
                       f"publishing on {zmq}" + (f"; recording to {record}" if record else ""))
@@ -250,7 +251,8 @@ def serve(
     def open_source():
         try:
             return LSLSource(n_channels=art.n_channels, period=art.bin_width, name=lsl_name, type=lsl_type,
-                             source_id=source_id, resolve_timeout_s=resolve_timeout)
+                             source_id=source_id, resolve_timeout_s=resolve_timeout,
+                             channel_ids=art.config.get("channel_ids"))
         except SourceError as e:
             console.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2) from None
@@ -283,6 +285,8 @@ def replay(
     summary_json: SummaryOpt = None,
 ) -> None:
     """Decode a recorded session as if it were live; end with R², latency, misses, flags and pacing."""
+    from decoder_runtime.channels import align_session
+    from decoder_runtime.sources import SourceError
     from decoder_runtime.sources.lsl import LSLSource
     from decoder_runtime.sources.replay import ReplaySource
     from replay import NWBFormatError, load_session
@@ -305,10 +309,12 @@ def replay(
     except (NWBFormatError, ValueError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
-    if session.n_channels != art.n_channels:
-        console.print(f"[red]error:[/red] the session has {session.n_channels} channels; "
-                      f"the artifact decodes {art.n_channels}")
-        raise typer.Exit(2)
+    try:
+        session, channel_note = align_session(session, art.config["channel_ids"])
+    except SourceError as e:
+        console.print(f"[red]error:[/red] {escape(str(e))}")
+        raise typer.Exit(2) from None
+    console.print(f"[dim]{escape(channel_note)}[/dim]")
     held_out = _held_out_block(art.config, session)
     if max_bins is not None:
         session = session.slice(0, min(max_bins, session.n_bins))
@@ -326,7 +332,7 @@ def replay(
 
         def open_source():
             opened.append(LSLSource(n_channels=art.n_channels, period=art.bin_width, name=name, source_id=name,
-                                    resolve_timeout_s=60, max_buflen_s=buflen))
+                                    resolve_timeout_s=60, max_buflen_s=buflen, channel_ids=art.config["channel_ids"]))
             return opened[-1]
     else:
         def open_source():
