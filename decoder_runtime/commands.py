@@ -144,7 +144,8 @@ def _summary_table(title: str, summary: dict) -> Table:
 def _run(open_source, artifact, backend, kind: str, *, device: str, zmq: str, allow_remote: bool,
          curve_secret: Path | None, curve_clients: Path | None, record: Path | None, deadline_ms: float,
          on_gap: GapPolicy, bad_bin: BadBinPolicy, late_ms: float | None, max_bins: int | None, command: str,
-         adapter: Adapter, wait_subscriber_s: float = 0.0, summarize=RunResult.summary) -> tuple[RunResult, dict]:
+         adapter: Adapter, wait_subscriber_s: float = 0.0, summarize=RunResult.summary,
+         subject: dict | None = None) -> tuple[RunResult, dict]:
     """Publisher, source, recorder, fallback and engine; runs until done or stopped.
 
     The publisher is bound (and, if asked, a subscriber awaited) before `open_source()` is
@@ -185,7 +186,8 @@ def _run(open_source, artifact, backend, kind: str, *, device: str, zmq: str, al
         if record is not None:
             recorder = SessionRecorder(record, artifact.n_channels, artifact_config=artifact.config,
                                        settings=run_settings, t0_ns=time.monotonic_ns(),
-                                       description=f"spikestream {command}: {artifact.model_id} on {kind}/{device}")
+                                       description=f"spikestream {command}: {artifact.model_id} on {kind}/{device}",
+                                       subject=subject)
         engine = Engine(source, backend, model_id=artifact.model_id,
                         fill=np.asarray(artifact.config["normalization"]["x_mean"], dtype=np.float32),
                         settings=settings, publisher=publisher, recorder=recorder, fallback=fallback,
@@ -357,7 +359,8 @@ def replay(
         result, summary = _run(open_source, art, be, kind, device=device, zmq=zmq, allow_remote=False,
                                curve_secret=None, curve_clients=None, record=record, deadline_ms=deadline_ms,
                                on_gap=on_gap, bad_bin=bad_bin, late_ms=late_ms, max_bins=session.n_bins,
-                               command="replay", adapter=adapter, summarize=summarize)
+                               command="replay", adapter=adapter, summarize=summarize,
+                               subject=session.meta.get("subject"))
     finally:
         if streamer is not None:
             try:

@@ -97,7 +97,8 @@ def read_nwb(
         meta = {"nwb_identifier": nwb.identifier, "session_description": nwb.session_description,
                 "behavior_series": where, "behavior_kind": kind,
                 "behavior_unit": getattr(series, "unit", ""), "notes": nwb.notes or "",
-                "timeseries": {p: tuple(s.data.shape) for p, s in _all_timeseries(nwb).items()}}
+                "timeseries": {p: tuple(s.data.shape) for p, s in _all_timeseries(nwb).items()},
+                "subject": _subject(nwb)}
     velocity_samples = values if kind == "velocity" else differentiate(ts, values)
     t0 = float(ts[0]) if t_start is None else float(t_start)
     t1 = float(ts[-1] + _median_step(ts)) if t_stop is None else float(t_stop)
@@ -177,6 +178,15 @@ def _spike_warnings(path: Path, where: str, spikes: Ragged, unit_ids: np.ndarray
     for text in out:
         warnings.warn(text, stacklevel=3)
     return out
+
+
+def _subject(nwb) -> dict | None:
+    """The file's Subject as plain fields (a record of a replayed session carries it on)."""
+    sub = nwb.subject
+    if sub is None:
+        return None
+    fields = ("subject_id", "species", "sex", "age", "description", "strain", "genotype")
+    return {k: str(getattr(sub, k)) for k in fields if getattr(sub, k, None) not in (None, "")}
 
 
 def _read_units(nwb, path: Path) -> tuple[Ragged, np.ndarray]:
