@@ -48,6 +48,7 @@ AllowRemoteOpt = Annotated[bool, typer.Option("--allow-remote", help="Allow bind
 CurveSecretOpt = Annotated[Optional[Path], typer.Option("--curve-secret", help="Server secret certificate (zmq.auth.create_certificates) to enable CURVE.")]
 CurveClientsOpt = Annotated[Optional[Path], typer.Option("--curve-clients", help="Folder of authorised client public certificates (default: any client knowing the server key).")]
 SummaryOpt = Annotated[Optional[Path], typer.Option("--summary-json", help="Also write the run summary to this JSON file.")]
+LslOutOpt = Annotated[Optional[str], typer.Option("--lsl-out", help="Also publish the velocity as an LSL stream of this name (vx, vy, seq, flags; stamped with the bin's source timestamp).")]
 
 
 @contextmanager
@@ -145,7 +146,7 @@ def _run(open_source, artifact, backend, kind: str, *, device: str, zmq: str, al
          curve_secret: Path | None, curve_clients: Path | None, record: Path | None, deadline_ms: float,
          on_gap: GapPolicy, bad_bin: BadBinPolicy, late_ms: float | None, max_bins: int | None, command: str,
          adapter: Adapter, wait_subscriber_s: float = 0.0, summarize=RunResult.summary,
-         subject: dict | None = None) -> tuple[RunResult, dict]:
+         subject: dict | None = None, lsl_out: str | None = None) -> tuple[RunResult, dict]:
     """Publisher, source, recorder, fallback and engine; runs until done or stopped.
 
     The publisher is bound (and, if asked, a subscriber awaited) before `open_source()` is
@@ -174,10 +175,12 @@ def _run(open_source, artifact, backend, kind: str, *, device: str, zmq: str, al
                               "can read the velocities (see --curve-secret)[/yellow]")
             if wait_subscriber_s > 0 and not publisher.wait_for_subscriber(wait_subscriber_s):
                 console.print(f"[yellow]no subscriber within {wait_subscriber_s:g} s; publishing anyway[/yellow]")
+        if lsl_out:
+            publisher = _with_lsl_out(publisher, lsl_out, artifact)
         source = open_source()
         run_settings = {
             "command": command, "argv": sys.argv, "artifact": str(artifact.path), "model_id": artifact.model_id,
-            "backend": kind, "device": device, "zmq": zmq, "deadline_ms": settings.deadline_ms,
+            "backend": kind, "device": device, "zmq": zmq, "lsl_out": lsl_out, "deadline_ms": settings.deadline_ms,
             "on_gap": GapPolicy(on_gap).value, "bad_bin": BadBinPolicy(bad_bin).value, "late_ms": late_ms,
             "max_bins": max_bins, "fallback": fallback_note, "adapt": adapter.name, "source": source.describe(),
             "code_version": code_version(), "python": sys.version.split()[0],
@@ -194,7 +197,8 @@ def _run(open_source, artifact, backend, kind: str, *, device: str, zmq: str, al
                         adapter=adapter, late_ms=late_ms, bad_bin=bad_bin, on_event=lambda line: console.print(f"[dim]{escape(line)}[/dim]"))
         console.print(f"[bold]{command}[/bold]: {artifact.model_id} on {kind}/{device}; "
                       f"deadline {settings.deadline_ms or 'none'} ms; fallback: {fallback_note}; adapt: {adapter.name}; "
-                      f"publishing on {zmq}" + (f"; recording to {record}" if record else ""))
+                      f"publishing on {zmq}" + (f" and LSL stream {lsl_out!r}" if lsl_out else "")
+                      + (f"; recording to {record}" if record else ""))
         with _stop_on_signals() as stop:
             result = engine.run(stop)
         summary = summarize(result)
@@ -206,6 +210,16 @@ def _run(open_source, artifact, backend, kind: str, *, device: str, zmq: str, al
             publisher.close()
         if source is not None:
             source.close()
+
+
+def _with_lsl_out(publisher, name: str, artifact):
+    """The ZeroMQ publisher (if any) and an LSL velocity outlet, behind the engine's one `send`."""
+    from decoder_runtime.lsl_out import VelocityOutlet
+    from decoder_runtime.outputs import Fanout
+    from decoder_runtime.record import velocity_unit
+
+    outlet = VelocityOutlet(name, model_id=artifact.model_id, velocity_unit=velocity_unit(artifact.config))
+    return outlet if publisher is None else Fanout([publisher, outlet])
 
 
 def _finish(result: RunResult, summary: dict, title: str, summary_json: Path | None) -> None:
@@ -239,6 +253,7 @@ def serve(
     adapt: AdaptOpt = None,
     adapt_tau: AdaptTauOpt = None,
     summary_json: SummaryOpt = None,
+    lsl_out: LslOutOpt = None,
 ) -> None:
     """Decode a live LSL stream of spike-count bins and publish one velocity per bin over ZeroMQ."""
     from decoder_runtime.sources import SourceError
@@ -262,7 +277,8 @@ def serve(
     result, summary = _run(open_source, art, be, kind, device=device, zmq=zmq, allow_remote=allow_remote,
                            curve_secret=curve_secret, curve_clients=curve_clients, record=record,
                            deadline_ms=deadline_ms, on_gap=on_gap, bad_bin=bad_bin, late_ms=late_ms,
-                           max_bins=max_bins, command="serve", adapter=adapter, wait_subscriber_s=wait_subscriber)
+                           max_bins=max_bins, command="serve", adapter=adapter, wait_subscriber_s=wait_subscriber,
+                           lsl_out=lsl_out)
     _finish(result, summary, f"serve {art.model_id} ({kind}/{device})", summary_json)
 
 
@@ -285,6 +301,7 @@ def replay(
     adapt: AdaptOpt = None,
     adapt_tau: AdaptTauOpt = None,
     summary_json: SummaryOpt = None,
+    lsl_out: LslOutOpt = None,
 ) -> None:
     """Decode a recorded session as if it were live; end with R², latency, misses, flags and pacing."""
     from decoder_runtime.channels import align_session
@@ -360,7 +377,7 @@ def replay(
                                curve_secret=None, curve_clients=None, record=record, deadline_ms=deadline_ms,
                                on_gap=on_gap, bad_bin=bad_bin, late_ms=late_ms, max_bins=session.n_bins,
                                command="replay", adapter=adapter, summarize=summarize,
-                               subject=session.meta.get("subject"))
+                               subject=session.meta.get("subject"), lsl_out=lsl_out)
     finally:
         if streamer is not None:
             try:
