@@ -16,22 +16,11 @@ from safetensors.torch import load_file, save_file
 
 import runtime_helpers as h
 from decoder_runtime.backends import make_backend
-from export_helpers import make_artifact
 from models.artifact import ArtifactError, load_artifact, update_config
 from models.integrity import seal
-from test_artifact import _Payload
+from test_artifact import _Payload, art, base  # noqa: F401 - fixtures: a private copy of an exported LSTM
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return tmp_path_factory.mktemp("integrity")
-
-
-@pytest.fixture
-def art(base, tmp_path) -> Path:
-    return Path(shutil.copytree(make_artifact(base, "lstm"), tmp_path / "lstm"))
 
 
 def _config(art: Path) -> dict:
@@ -77,9 +66,7 @@ def test_every_field_is_validated_before_anything_is_built(art, edit, match):
 
 
 def test_a_removed_fallback_entry_is_refused(tmp_path_factory, tmp_path):
-    runtime = tmp_path_factory.getbasetemp() / "runtime"
-    runtime.mkdir(exist_ok=True)
-    art = Path(shutil.copytree(h.artifact(runtime), tmp_path / "with-fallback"))
+    art = Path(shutil.copytree(h.artifact(h.runtime_base(tmp_path_factory)), tmp_path / "with-fallback"))
     assert load_artifact(art).fallback is not None
     config = _config(art)
     del config["fallback"]

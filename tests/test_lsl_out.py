@@ -26,8 +26,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    base = tmp_path_factory.getbasetemp() / "runtime"
-    base.mkdir(exist_ok=True)
+    base = h.runtime_base(tmp_path_factory)
     return base, h.session(base), h.loaded(h.artifact(base))
 
 

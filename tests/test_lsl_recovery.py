@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pylsl
@@ -64,9 +63,7 @@ def _push(outlet: CountsOutlet, values, spacing_s: float = 0.005) -> None:
 
 @pytest.fixture(scope="module")
 def art(tmp_path_factory):
-    base = tmp_path_factory.getbasetemp() / "runtime"
-    base.mkdir(exist_ok=True)
-    return h.loaded(h.artifact(base))
+    return h.loaded(h.artifact(h.runtime_base(tmp_path_factory)))
 
 
 def test_an_outlet_without_source_id_that_drops_and_returns_is_decoded_on_with_a_gap(art):

@@ -29,8 +29,7 @@ def test_a_simulated_session_passes_the_inspector(sim_nwb):
 
 
 def test_a_recorded_run_passes_the_inspector(tmp_path_factory, tmp_path):
-    base = tmp_path_factory.getbasetemp() / "runtime"
-    base.mkdir(exist_ok=True)
+    base = h.runtime_base(tmp_path_factory)
     s, art = h.session(base), h.loaded(h.artifact(base))
     trained = save_artifact(tmp_path / "with-provenance", art.model, channel_ids=s.unit_ids, bin_width=s.bin_width,
                             fallback=art.fallback, provenance={"kind": "nwb", "meta": s.meta})
@@ -53,8 +52,7 @@ def test_a_record_without_a_known_subject_still_passes(tmp_path_factory, tmp_pat
 
     from decoder_runtime.record import STAGES, SessionRecorder
 
-    base = tmp_path_factory.getbasetemp() / "runtime"
-    base.mkdir(exist_ok=True)
+    base = h.runtime_base(tmp_path_factory)
     art = h.loaded(h.artifact(base))
     t0 = time.monotonic_ns()
     jitter = np.random.default_rng(0)
