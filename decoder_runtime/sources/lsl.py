@@ -21,7 +21,7 @@ LostError), nor one that came back under a new source_id (a restarted acquisitio
 so after `reresolve_s` of silence, or on LostError, this source re-resolves the stream itself
 by the query it was given (name, type, and source_id / hostname if they were given),
 reconnects to what it finds, says which stream that is (source_id, host, uid), and flags the
-first bin from it GAP. Several streams matching the query: the newest is taken and the event
+first bin from it GAP (a stream back under the same source_id is left to liblsl's recovery). Several streams matching the query: the newest is taken and the event
 says which, and that the choice was ambiguous.
 
 Channel identity: given the artifact's `channel_ids`, the stream's channel labels (in its
@@ -147,12 +147,17 @@ class LSLSource:
                      "hostname": info.hostname(), "uid": info.uid(), "channels": info.channel_count(),
                      "nominal_rate": info.nominal_srate(), "channel_match": self.channel_note}
 
-    def start(self) -> None:
+    def start(self, data_first: bool = False) -> None:
         """Get the first clock-offset estimate (~0.6 s; it needs no data connection), then
-        connect the data feed, so bins start flowing only once the engine is ready for them."""
+        connect the data feed, so bins start flowing only once the engine is ready for them.
+        On a reconnect mid-run (`data_first`) the feed is connected first: the stream is already
+        flowing, and what it sends during the clock estimate must not be lost."""
         try:
+            if data_first:
+                self._inlet.open_stream(self._timeout_s)
             self._inlet.time_correction(self._timeout_s)
-            self._inlet.open_stream(self._timeout_s)
+            if not data_first:
+                self._inlet.open_stream(self._timeout_s)
         except (TimeoutError, LostError) as e:
             raise SourceError(f"LSL stream {self.info['name']!r} found but could not be opened ({e})") from None
         self._last_ns = time.monotonic_ns()
@@ -212,10 +217,15 @@ class LSLSource:
         current = None if self._inlet is None else self.info["uid"]
         if not infos or any(i.uid() == current for i in infos):
             return None  # nothing yet, or the current stream is still there (paused): keep waiting
+        if current is not None and self.info["source_id"]:
+            # back under the same source_id: liblsl's own recovery reconnects the inlet we have
+            infos = [i for i in infos if i.source_id() != self.info["source_id"]]
+            if not infos:
+                return None
         old, kept = self.info, (self._inlet, self._order, self.channel_note)
         try:
             self._open(self._pick(infos))
-            self.start()
+            self.start(data_first=True)
         except SourceError as e:  # keep waiting on the old inlet (liblsl may still recover it)
             self._inlet, self._order, self.channel_note = kept
             self.info = old
