@@ -98,6 +98,19 @@ def artifact_fill(artifact: "Artifact") -> np.ndarray:
     return np.asarray(artifact.config["normalization"]["x_mean"], dtype=np.float32)
 
 
+def _aligned(session: "BinnedSession", artifact: "Artifact", say: Callable[[str], None]) -> "BinnedSession":
+    """The session with its units in the artifact's channel order (by unit id), or a clear refusal."""
+    from decoder_runtime.channels import align_session
+    from decoder_runtime.sources import SourceError
+
+    try:
+        session, note = align_session(session, artifact.config["channel_ids"])
+    except SourceError as e:
+        raise AssemblyError(str(e)) from None
+    say(note)
+    return session
+
+
 def open_source(cfg: RuntimeConfig, artifact: "Artifact", session: "BinnedSession | None" = None) -> "Source":
     """The source the config names: an LSL inlet, a paced replay of `session`, or a replay via LSL."""
     from decoder_runtime.sources import SourceError
@@ -110,17 +123,19 @@ def open_source(cfg: RuntimeConfig, artifact: "Artifact", session: "BinnedSessio
     try:
         if s.kind == "lsl":
             return LSLSource(n_channels=artifact.n_channels, period=artifact.bin_width, name=s.lsl_name,
-                             type=s.lsl_type, source_id=s.source_id, resolve_timeout_s=s.resolve_timeout_s)
+                             type=s.lsl_type, source_id=s.source_id, hostname=s.hostname,
+                             resolve_timeout_s=s.resolve_timeout_s, channel_ids=artifact.config.get("channel_ids"))
         if session is None:
             raise AssemblyError("a replay source needs the session to replay")
         if s.via_lsl:
-            return LSLReplaySource(s.nwb, session.n_bins, artifact.n_channels, artifact.bin_width, s.speed)
+            return LSLReplaySource(s.nwb, session.n_bins, artifact.n_channels, artifact.bin_width, s.speed,
+                                   channel_ids=artifact.config.get("channel_ids"))
         return ReplaySource.from_session(session, parse_speed(s.speed))
     except SourceError as e:
         raise AssemblyError(str(e)) from None
 
 
-def _outputs(cfg: RuntimeConfig, stack: ExitStack, say: Callable[[str], None]) -> list:
+def _outputs(cfg: RuntimeConfig, artifact: "Artifact", stack: ExitStack, say: Callable[[str], None]) -> list:
     from decoder_runtime.publish import Publisher, PublishError, is_loopback
 
     o = cfg.output
@@ -137,6 +152,13 @@ def _outputs(cfg: RuntimeConfig, stack: ExitStack, say: Callable[[str], None]) -
         if o.wait_subscriber_s > 0 and not pub.wait_for_subscriber(o.wait_subscriber_s):
             say(f"no subscriber within {o.wait_subscriber_s:g} s; publishing anyway")
         outs.append(pub)
+    if o.lsl_out:
+        from decoder_runtime.lsl_out import VelocityOutlet
+        from decoder_runtime.record import velocity_unit
+
+        outlet = VelocityOutlet(o.lsl_out, model_id=artifact.model_id, velocity_unit=velocity_unit(artifact.config))
+        stack.callback(outlet.close)
+        outs.append(outlet)
     return outs
 
 
@@ -164,6 +186,7 @@ class Runtime:
     backend_kind: str
     engine: Engine
     settings: dict  # what the record stores about this run
+    session: "BinnedSession | None" = None  # a replayed session, its units in the artifact's channel order
     summary: dict = field(default_factory=lambda: {"error": "the run ended abnormally"})
 
     def run(self, stop=None) -> RunResult:
@@ -175,6 +198,7 @@ class Runtime:
         return (f"{self.artifact.model_id} on {self.backend_kind}/{self.config.model.device}; deadline "
                 f"{f'{d.deadline_ms:g} ms' if d.bounded else 'none'}; fallback: {s['fallback']}; adapt: {s['adapt']}; "
                 f"publishing on {self.config.output.zmq}"
+                + (f" and LSL stream {self.config.output.lsl_out!r}" if self.config.output.lsl_out else "")
                 + (f"; recording to {self.config.output.record}" if self.config.output.record else ""))
 
 
@@ -193,10 +217,12 @@ def open_runtime(cfg: RuntimeConfig, *, command: str, session: "BinnedSession | 
         from models.artifact import load_artifact
 
         artifact, kind = load_artifact(cfg.model.artifact), backend.name
+    if session is not None:
+        session = _aligned(session, artifact, say)
     adapter = make_adapter(artifact, cfg.adapt)
     core, fallback_note = make_core(artifact, backend, cfg, adapter)
     with ExitStack() as stack:
-        outputs = _outputs(cfg, stack, say) + list(extra_outputs)
+        outputs = _outputs(cfg, artifact, stack, say) + list(extra_outputs)
         if source is None:
             source = open_source(cfg, artifact, session)
         stack.callback(source.close)
@@ -210,7 +236,8 @@ def open_runtime(cfg: RuntimeConfig, *, command: str, session: "BinnedSession | 
             try:
                 recorder = SessionRecorder(cfg.output.record, artifact.n_channels, artifact_config=artifact.config,
                                            settings=settings, t0_ns=time.monotonic_ns(), block=cfg.flush_every,
-                                           description=f"spikestream {command}: {artifact.model_id} on {kind}")
+                                           description=f"spikestream {command}: {artifact.model_id} on {kind}",
+                                           subject=None if session is None else session.meta.get("subject"))
             except OSError as e:
                 raise AssemblyError(f"cannot create the record {cfg.output.record}: {e}") from None
             stack.callback(lambda: recorder.close(runtime.summary if runtime else None,
@@ -218,5 +245,5 @@ def open_runtime(cfg: RuntimeConfig, *, command: str, session: "BinnedSession | 
         status = _status(outputs, artifact, kind, cfg, settings, adapter)
         engine = Engine(source, core, cfg, model_id=artifact.model_id, outputs=outputs, recorder=recorder,
                         on_event=on_event, between_bins=status)
-        runtime = Runtime(cfg, artifact, kind, engine, settings)
+        runtime = Runtime(cfg, artifact, kind, engine, settings, session)
         yield runtime

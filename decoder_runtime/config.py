@@ -10,7 +10,7 @@ clear `ConfigError` before anything is loaded, whichever way the config was made
 TOML layout (every table and key optional; defaults below):
 
     max_bins = 20000
-    [source]     kind = "lsl" | "replay", lsl_name, lsl_type, source_id, resolve_timeout_s,
+    [source]     kind = "lsl" | "replay", lsl_name, lsl_type, source_id, hostname, resolve_timeout_s,
                  nwb (replay file; absent: the built-in session), speed ("1", "10", "max"), via_lsl
     [model]      artifact, backend ("auto"), device ("cpu"), threads
     [validation] bad_bin ("impute" | "hold"), late_ms, on_gap ("reset" | "keep")
@@ -54,6 +54,7 @@ class SourceConfig:
     lsl_name: str | None = None
     lsl_type: str | None = None
     source_id: str | None = None
+    hostname: str | None = None
     resolve_timeout_s: float = 10.0
     nwb: str | None = None
     speed: str = "1"

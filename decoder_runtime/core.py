@@ -76,7 +76,7 @@ class BinCore:
         mono = time.monotonic_ns
         validator, adapter, stepper, fallback = self.validator, self.adapter, self.stepper, self.fallback
         # 1. validate
-        flags |= validator.check(counts, t_src, lag_s)
+        flags |= validator.check(counts, t_src, lag_s, flags)  # a source's own GAP moves the timeline
         stamps[VALIDATED] = t = mono()
         if flags & _DROPPED:  # not decoded: hold the last velocity, the state does not move
             stamps[ADAPTED] = stamps[STEPPED] = t

@@ -46,6 +46,9 @@ class Flag(enum.IntFlag):
     IMPUTED = 1 << 10  # some or all counts were replaced by the training mean before decoding
     DROPPED = 1 << 11  # the bin was not given to the model (policy "hold", or the model is too far behind)
     RESET = 1 << 12  # the decoder state was reset before this bin (after a gap, or after falling behind)
+    JUMP = 1 << 13  # the timestamp jumped ahead of the timeline; decoded, not trusted yet: if the next bin
+    #                 continues from it, that bin is flagged GAP; if the next continues the old timeline, this
+    #                 was a single bad stamp and cost only this flag (see decoder_runtime.validate)
 
 
 FLAG_NAMES: dict[int, str] = {int(f): f.name.lower() for f in Flag}

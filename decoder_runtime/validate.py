@@ -10,7 +10,9 @@ bin gets one message; the flags (decoder_runtime.messages.Flag) say what was wro
 | NaN / inf                | any count non-finite                             | NONFINITE  | those channels := training mean; decoded          | not decoded, held    |
 | negative counts          | any count < 0                                    | NEGATIVE   | those channels := training mean; decoded          | not decoded, held    |
 | timestamp going backward | t_src <= previous accepted bin's t_src (or NaN)  | BACKWARDS  | always dropped: not decoded, velocity held        | same                 |
-| gap                      | t_src - previous > `gap_factor` (1.5) periods    | GAP        | decoded; engine resets state if `--on-gap reset`  | same                 |
+| jump ahead (unconfirmed) | t_src - previous > `gap_factor` (1.5) periods    | JUMP       | decoded on the running state; not the timeline yet | same                |
+| gap                      | the bin after a jump (ahead or backwards)        | GAP        | decoded; engine resets state if `--on-gap reset`  | same                 |
+|                          | continues from it, or the source reports one     |            |                                                   |                      |
 | late (a burst)           | arrival lag behind t_src > `late_s`             | LATE       | decoded normally, so the state stays exact        | same                 |
 
 "Training mean" is the artifact's `normalization.x_mean`: after the model's own z-scoring it
@@ -20,6 +22,17 @@ state does not advance. A backwards timestamp is always dropped because decoding
 out-of-order or duplicated bin would put it into the causal state in the wrong place.
 Late bins are decoded (each gets its own message) because skipping them would desync the
 state; the latency bound for a burst is kept by the engine's deadline/fallback.
+
+Why a jump is not at once a gap: a single bin stamped far ahead (a clock glitch, a corrupted
+stamp: +3 s, +1000 s) would otherwise become the timeline, and every later, correctly stamped
+bin would be "backwards" and dropped until the clock caught up, freezing the output. So a
+forward jump is decoded but held apart (JUMP) and the next bin decides, with no waiting: if it
+continues from the jumped stamp (within `gap_factor` periods) the jump was real and sustained,
+that bin is a GAP and the timeline moves on; if it continues the old timeline, the jump was one
+bad stamp and cost that bin nothing but its flag. A backwards stamp is judged the same way
+(dropped; a GAP if the next bin continues from it, e.g. a source clock that was set back). A source that knows a gap happened (an LSL
+stream that dropped and came back, or was re-resolved) flags GAP itself, and the timeline
+moves at once.
 """
 from __future__ import annotations
 
@@ -33,7 +46,7 @@ from decoder_runtime.messages import Flag
 
 _BAD_LENGTH, _NONFINITE, _NEGATIVE = int(Flag.BAD_LENGTH), int(Flag.NONFINITE), int(Flag.NEGATIVE)
 _BACKWARDS, _GAP, _LATE = int(Flag.BACKWARDS), int(Flag.GAP), int(Flag.LATE)
-_IMPUTED, _DROPPED = int(Flag.IMPUTED), int(Flag.DROPPED)
+_IMPUTED, _DROPPED, _JUMP = int(Flag.IMPUTED), int(Flag.DROPPED), int(Flag.JUMP)
 
 
 @njit(["int64(float32[::1], float32[::1])", "int64(float64[::1], float32[::1])"], cache=True, nogil=True)
@@ -67,28 +80,45 @@ class Validator:
         self.policy = BadBinPolicy(policy)
         self.fill = fill
         self.late_s = period if late_s is None else float(late_s)
-        self.period = period
+        self.period = float(period)
         self.gap_s = gap_factor * period
         self.x = np.zeros(n_channels, dtype=np.float32)  # the bin to decode, valid unless DROPPED
         self._shape = (n_channels,)
         self._prev_t = math.nan
+        self._jump_t = math.nan  # the previous bin's stamp if it was out of line (NaN: it was not)
 
     def reset(self) -> None:
         """Forget the previous timestamp (a new session or a restarted source)."""
-        self._prev_t = math.nan
+        self._prev_t = self._jump_t = math.nan
 
-    def check(self, counts: np.ndarray, t_src: float, lag_s: float) -> int:
-        """Flags for this bin; unless DROPPED is among them, `self.x` holds what to decode."""
-        flags = 0
-        if self._prev_t == self._prev_t:  # there is a previous bin (not NaN)
-            dt = t_src - self._prev_t
-            if not dt > 0:  # backwards, repeated, or a NaN timestamp
-                return _BACKWARDS | _DROPPED
-            if dt > self.gap_s:
-                flags = _GAP
-        elif t_src != t_src:
+    def _timeline(self, t_src: float, source_flags: int) -> int:
+        """GAP, JUMP, BACKWARDS|DROPPED or 0 for this stamp, and move the timeline (module doc)."""
+        candidate, self._jump_t = self._jump_t, math.nan
+        if not -math.inf < t_src < math.inf:  # NaN or inf: never a timeline, but it took a slot
+            self._jump_t = math.inf
             return _BACKWARDS | _DROPPED
-        self._prev_t = t_src
+        if source_flags & _GAP or self._prev_t != self._prev_t:  # the source saw a gap, or first bin
+            self._prev_t = t_src
+            return 0
+        dt = t_src - self._prev_t
+        # after an out-of-line bin, the timeline's next stamp is one period further on
+        if 0 < dt <= self.gap_s + (self.period if candidate == candidate else 0.0):  # the timeline goes on
+            self._prev_t = t_src
+            return 0
+        if 0 < t_src - candidate <= self.gap_s:  # continues from the previous bin's jump: sustained
+            self._prev_t = t_src
+            return _GAP
+        self._jump_t = t_src  # out of line: the next bin decides whether the timeline moved
+        return _JUMP if dt > 0 else _BACKWARDS | _DROPPED
+
+    def check(self, counts: np.ndarray, t_src: float, lag_s: float, source_flags: int = 0) -> int:
+        """Flags for this bin; unless DROPPED is among them, `self.x` holds what to decode.
+
+        `source_flags` are the flags the source set on the bin: a GAP there moves the timeline
+        to this bin at once."""
+        flags = self._timeline(t_src, source_flags)
+        if flags & _DROPPED:
+            return flags
         if lag_s > self.late_s:
             flags |= _LATE
         hold = self.policy is BadBinPolicy.HOLD

@@ -4,7 +4,9 @@ Layout: `config.json` (everything needed to rebuild and audit the model), and
 `weights.safetensors` / `fallback.safetensors` (tensors only: loading can never execute
 code). Exports (`model.ts`, `model.onnx`) are added beside them by training/export.py.
 Every file's SHA-256 is recorded in the config and checked on load, so a truncated or
-edited artifact is refused with a message naming the file instead of decoding garbage.
+edited artifact is refused with a message naming the file instead of decoding garbage; the
+config itself is sealed and validated field by field, and the model's size is bounded,
+before anything is built (models.integrity).
 """
 from __future__ import annotations
 
@@ -14,20 +16,20 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors import SafetensorError
+import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from models.base import StreamingDecoder
+from models.integrity import CONFIG, ArtifactError, check_seal, max_elements, safe_file, seal, validate_config
 from models.registry import model_class
 
-FORMAT_VERSION = 1
-CONFIG = "config.json"
+FORMAT_VERSION = 2  # 2: the config is sealed (models.integrity); 1: unsealed, still readable
+READABLE_VERSIONS = (1, 2)
 WEIGHTS = "weights.safetensors"
 FALLBACK = "fallback.safetensors"
-
-
-class ArtifactError(RuntimeError):
-    """An artifact folder that cannot be trusted or used; the message says why."""
+__all__ = ["CONFIG", "FALLBACK", "WEIGHTS", "Artifact", "ArtifactError", "load_artifact", "read_config",
+           "save_artifact", "update_config", "verify_file"]
 
 
 @dataclass
@@ -126,18 +128,30 @@ def save_artifact(
         files[FALLBACK] = sha256(path / FALLBACK)
         config["fallback"] = _model_entry(fallback)
     config["files"] = files
-    (path / CONFIG).write_text(json.dumps(config, indent=2))
+    _write_config(path, config)
     return path
 
 
+def _write_config(path: Path, config: dict) -> None:
+    """Seal the config and write it (a temporary file renamed over it: never half written)."""
+    tmp = path / f".{CONFIG}.tmp"
+    tmp.write_text(json.dumps(seal(config), indent=2))
+    tmp.replace(path / CONFIG)
+
+
 def update_config(path: str | Path, *, files: dict[str, str] | None = None, **fields) -> dict:
-    """Merge fields into config.json; `files` names new files whose hashes to record."""
+    """Merge fields into config.json and re-seal it; `files` names new files whose hashes to record.
+
+    The config is verified against its seal first, so a later writer (export, adapt-fit) never
+    re-seals a config that was edited by hand."""
     path = Path(path)
     config = read_config(path)
+    check_seal(path, config, sealed_from=FORMAT_VERSION)
     config.update(fields)
     for name in files or {}:
-        config.setdefault("files", {})[name] = sha256(path / name)
-    (path / CONFIG).write_text(json.dumps(config, indent=2))
+        config.setdefault("files", {})[name] = sha256(safe_file(path, name))
+    config["format_version"] = FORMAT_VERSION
+    _write_config(path, config)
     return config
 
 
@@ -146,16 +160,21 @@ def read_config(path: str | Path) -> dict:
     if not path.is_dir():
         raise ArtifactError(f"{path}: not an artifact folder (it does not exist or is not a directory)")
     try:
-        return json.loads((path / CONFIG).read_text())
+        config = json.loads((path / CONFIG).read_text())
     except FileNotFoundError:
         raise ArtifactError(f"{path}: missing {CONFIG}") from None
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{path / CONFIG}: not valid JSON ({e})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path / CONFIG}: cannot be read ({e})") from None
+    if not isinstance(config, dict):
+        raise ArtifactError(f"{path / CONFIG}: not a JSON object")
+    return config
 
 
 def verify_file(path: Path, config: dict, name: str) -> Path:
     """Check a file of the artifact against the hash recorded when it was written."""
-    f = path / name
+    f = safe_file(path, name)
     if not f.is_file():
         raise ArtifactError(f"{path}: missing {name}")
     expected = config.get("files", {}).get(name)
@@ -166,17 +185,45 @@ def verify_file(path: Path, config: dict, name: str) -> Path:
     return f
 
 
-def _rebuild(path: Path, config: dict, entry: dict, weights: str, device: str) -> StreamingDecoder:
+def _on_meta(path: Path, config: dict, entry: dict) -> StreamingDecoder:
+    """The model built on torch's meta device (no memory), its size checked against the bound."""
     try:
         cls = model_class(entry["name"])
-        model = cls(n_channels=int(config["n_channels"]), **entry["hparams"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ArtifactError(f"{path / CONFIG}: cannot rebuild model from its config ({e})") from None
-    f = verify_file(path, config, weights)
+        with torch.device("meta"):
+            model = cls(n_channels=int(config["n_channels"]), **entry["hparams"])
+            state = model.init_state(1)
+    except Exception as e:  # noqa: BLE001 - any constructor failure is a config the code cannot build
+        raise ArtifactError(f"{path / CONFIG}: cannot rebuild model {entry.get('name')!r} from its config "
+                            f"({type(e).__name__}: {e})") from None
+    size = sum(t.numel() for t in model.state_dict().values()) + sum(t.numel() for t in state)
+    if size > max_elements():
+        raise ArtifactError(f"{path / CONFIG}: model {entry['name']!r} with {entry['hparams']} would hold "
+                            f"{size:,} parameter and state values, over the limit of {max_elements():,} "
+                            "(SPIKESTREAM_MAX_MODEL_ELEMENTS)")
+    return model
+
+
+def _check_header(f: Path, model: StreamingDecoder) -> None:
+    """The weights file's tensor names and shapes (from its header) must be the model's."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     try:
-        state = load_file(f)
-    except SafetensorError as e:
+        with safe_open(str(f), "pt") as h:
+            got = {k: tuple(h.get_slice(k).get_shape()) for k in h.keys()}
+    except (SafetensorError, OSError) as e:
         raise ArtifactError(f"{f}: not a readable safetensors file ({e})") from None
+    if got != want:
+        diff = sorted(set(got) ^ set(want)) or [k for k in want if got[k] != want[k]]
+        raise ArtifactError(f"{f}: weights do not fit the configured model (differ at {', '.join(diff[:4])})")
+
+
+def _rebuild(path: Path, config: dict, entry: dict, weights: str, device: str) -> StreamingDecoder:
+    f = verify_file(path, config, weights)
+    _check_header(f, _on_meta(path, config, entry))
+    state = load_file(f)
+    for k, t in state.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ArtifactError(f"{f}: tensor {k!r} holds NaN or inf")
+    model = model_class(entry["name"])(n_channels=int(config["n_channels"]), **entry["hparams"])
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -185,14 +232,17 @@ def _rebuild(path: Path, config: dict, entry: dict, weights: str, device: str) -
 
 
 def load_artifact(path: str | Path, device: str = "cpu") -> Artifact:
-    """Load an artifact without unpickling anything; raises ArtifactError on any defect."""
+    """Load an artifact without unpickling anything; raises ArtifactError on any defect.
+
+    Order (models.integrity): seal, every field, file names, then per model its size on the
+    meta device, its weights file's hash and header, and only then real tensors."""
     path = Path(path)
     config = read_config(path)
-    if config.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{path}: format_version {config.get('format_version')!r}, expected {FORMAT_VERSION}")
-    for key in ("model", "n_channels", "bin_width", "files"):
-        if key not in config:
-            raise ArtifactError(f"{path / CONFIG}: missing field {key!r}")
+    if config.get("format_version") not in READABLE_VERSIONS:
+        raise ArtifactError(f"{path}: format_version {config.get('format_version')!r}, "
+                            f"expected one of {READABLE_VERSIONS}")
+    check_seal(path, config, sealed_from=FORMAT_VERSION)
+    validate_config(path, config, FALLBACK)
     model = _rebuild(path, config, config["model"], WEIGHTS, device)
     fallback = _rebuild(path, config, config["fallback"], FALLBACK, device) if "fallback" in config else None
     return Artifact(path=path, config=config, model=model, fallback=fallback)

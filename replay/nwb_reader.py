@@ -19,6 +19,15 @@ linear interpolation at the bin centre. A bin is masked (NaN velocity, valid=Fal
 of its samples is NaN/inf or when it lies in a timestamp gap (an interval longer than
 GAP_FACTOR x the median sample interval) or outside the series; masked bins are counted in
 `meta["behavior_gaps"]` and warned about, never zero-filled.
+
+Before anything is allocated, the size of the binned session is worked out from the time
+range and the unit count: a file whose timestamps span an absurd range (1e7 s would be 4e8
+bins) is refused with one line naming the range and the limit, `max_session_mb` (default
+SPIKESTREAM_MAX_SESSION_MB or 4096), instead of exhausting memory. What would otherwise pass
+silently is warned about (and listed in `meta["warnings"]`): negative spike times, spikes
+outside the binned range (the range follows the behaviour, so a behaviour series much shorter
+than the spikes trims the session), and units with no spike in the binned range. A session
+where no unit has a spike is refused.
 """
 from __future__ import annotations
 
@@ -37,6 +46,9 @@ NLB_POSITION = ("hand_pos", "finger_pos", "cursor_pos")
 BEHAVIOR_KINDS = ("auto", "velocity", "position")
 GAP_FACTOR = 2.5
 EDGE_TOLERANCE = 1e-6
+MAX_SESSION_MB_ENV = "SPIKESTREAM_MAX_SESSION_MB"
+DEFAULT_MAX_SESSION_MB = 4096.0
+TRIMMED_WARN_FRACTION = 0.05  # warn when more than this share of the spikes lies outside the bins
 
 
 class NWBFormatError(ValueError):
@@ -50,8 +62,12 @@ def read_nwb(
     t_start: float | None = None,
     t_stop: float | None = None,
     behavior_kind: str = "auto",
+    max_session_mb: float | None = None,
 ) -> BinnedSession:
-    """Bin one NWB session. The time range defaults to the span of the behaviour series."""
+    """Bin one NWB session. The time range defaults to the span of the behaviour series.
+
+    `max_session_mb` bounds the binned session's memory (default: $SPIKESTREAM_MAX_SESSION_MB,
+    else 4096); a larger one is refused before anything is allocated."""
     from pynwb import NWBHDF5IO
 
     if not bin_width > 0:
@@ -81,13 +97,17 @@ def read_nwb(
         meta = {"nwb_identifier": nwb.identifier, "session_description": nwb.session_description,
                 "behavior_series": where, "behavior_kind": kind,
                 "behavior_unit": getattr(series, "unit", ""), "notes": nwb.notes or "",
-                "timeseries": {p: tuple(s.data.shape) for p, s in _all_timeseries(nwb).items()}}
+                "timeseries": {p: tuple(s.data.shape) for p, s in _all_timeseries(nwb).items()},
+                "subject": _subject(nwb)}
     velocity_samples = values if kind == "velocity" else differentiate(ts, values)
     t0 = float(ts[0]) if t_start is None else float(t_start)
     t1 = float(ts[-1] + _median_step(ts)) if t_stop is None else float(t_stop)
     n_bins = int(np.floor((t1 - t0) / bin_width + 1e-9))
     if n_bins < 1:
         raise ValueError(f"time range [{t0}, {t1}) holds no whole bin of {bin_width} s")
+    _check_size(path, where, t0, t1, n_bins, unit_ids.size, bin_width, max_session_mb)
+    meta["warnings"] = _spike_warnings(path, where, spikes, unit_ids, t0, t0 + n_bins * bin_width,
+                                       chosen_range=t_start is not None or t_stop is not None)
     edges = bin_edges(t0, n_bins, bin_width)
     velocity, valid, gaps = resample_to_bins(ts, velocity_samples, edges)
     gaps["nan_samples"] = int((~np.all(np.isfinite(values), axis=1)).sum())  # as recorded
@@ -97,11 +117,76 @@ def read_nwb(
                       f"of {n_bins} bins ({100 * gaps['fraction']:.1f}%); those bins are masked "
                       "(valid=False)", stacklevel=2)
     counts = bin_spike_times(spikes, t0, n_bins, bin_width)
+    if not counts.any():
+        raise NWBFormatError(f"{path}: no unit has a spike in the binned range [{t0:g}, {t1:g}) s")
     if trials is not None:
         keep = (trials["start_time"] < t1) & (trials["stop_time"] > t0)
         trials = {k: v[keep] for k, v in trials.items()}
     return BinnedSession(counts=counts, t=edges[1:], bin_width=float(bin_width), unit_ids=unit_ids,
                          velocity=velocity, valid=valid, trials=trials, source=str(path), meta=meta)
+
+
+def max_session_mb(limit: float | None = None) -> float:
+    """The memory limit for one binned session in MB: `limit`, else the environment, else 4096."""
+    if limit is None:
+        env = os.environ.get(MAX_SESSION_MB_ENV)
+        try:
+            limit = float(env) if env else DEFAULT_MAX_SESSION_MB
+        except ValueError:
+            raise ValueError(f"{MAX_SESSION_MB_ENV}={env!r} is not a number of megabytes") from None
+    if not limit > 0:
+        raise ValueError(f"the session memory limit must be > 0 MB, got {limit}")
+    return float(limit)
+
+
+def _check_size(path: Path, where: str, t0: float, t1: float, n_bins: int, n_units: int, bin_width: float,
+                limit_mb: float | None) -> None:
+    """Refuse a session whose bins would not fit the memory limit, before allocating them."""
+    limit = max_session_mb(limit_mb)
+    # counts float32[T, C]; velocity, means, valid, edges: ~40 bytes a bin
+    need_mb = n_bins * (4.0 * n_units + 40.0) / 2**20
+    if need_mb > limit:
+        raise NWBFormatError(
+            f"{path}: '{where}' spans {t1 - t0:.6g} s ({t0:.6g} .. {t1:.6g}), {n_bins:,} bins of "
+            f"{bin_width * 1e3:g} ms x {n_units} units = {need_mb:,.0f} MB, over the {limit:,.0f} MB limit "
+            f"(timestamps wrong? else raise {MAX_SESSION_MB_ENV} or read a shorter range)")
+
+
+def _spike_warnings(path: Path, where: str, spikes: Ragged, unit_ids: np.ndarray, t0: float, t1: float,
+                    chosen_range: bool) -> list[str]:
+    """Warn (and return the texts) about spikes the bins will not hold and units without spikes
+    (spikes outside a range the caller chose with t_start / t_stop are expected)."""
+    flat, ends = spikes
+    out = []
+    negative = int(np.count_nonzero(flat < 0))
+    if negative:
+        out.append(f"{path}: {negative:,} spike times are negative (earliest {flat.min():.6g} s); they are "
+                   "before the session start and are not counted")
+    outside = int(np.count_nonzero((flat < t0) | (flat >= t1)))
+    if not chosen_range and flat.size and outside > TRIMMED_WARN_FRACTION * flat.size:
+        out.append(f"{path}: {outside:,} of {flat.size:,} spikes ({100 * outside / flat.size:.0f}%) lie outside "
+                   f"the binned range [{t0:.6g}, {t1:.6g}) s set by behaviour '{where}' (spikes span "
+                   f"{flat.min():.6g} .. {flat.max():.6g} s); the session is trimmed to the behaviour")
+    cum = np.concatenate([[0], np.cumsum((flat >= t0) & (flat < t1))])
+    ends = np.asarray(ends, dtype=np.int64)
+    inside = cum[ends] - cum[np.concatenate([[0], ends[:-1]])]  # spikes in range, per unit
+    silent = unit_ids[inside == 0]
+    if 0 < silent.size < unit_ids.size:
+        shown = ", ".join(str(u) for u in silent[:10]) + (" ..." if silent.size > 10 else "")
+        out.append(f"{path}: {silent.size} of {unit_ids.size} units have no spike in the binned range "
+                   f"(ids {shown}); they carry no information for decoding")
+    for text in out:
+        warnings.warn(text, stacklevel=3)
+    return out
+
+
+def _subject(nwb) -> dict | None:
+    """The file's Subject as plain fields (a record of a replayed session carries it on)."""
+    sub = nwb.subject
+    if sub is None:
+        return None
+    fields = ("subject_id", "species", "sex", "age", "description", "strain", "genotype")
+    return {k: str(getattr(sub, k)) for k in fields if getattr(sub, k, None) not in (None, "")}
 
 
 def _read_units(nwb, path: Path) -> tuple[Ragged, np.ndarray]:

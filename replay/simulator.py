@@ -45,6 +45,8 @@ V_SCALE = 250.0  # mm/s: velocity normalisation inside the tuning terms
 NOISE_STEP = 5  # samples (ms) between updates of the private noise
 MAX_RATE = 300.0  # Hz: a soft ceiling, never reached by a healthy unit
 REFRACTORY = 0.002  # s: absolute refractory period after each spike
+TASK_WORDS = {"maze": "centre-out reaching (maze)", "rtt": "random-target tracking"}
+SPIKE_TIME_RESOLUTION = 1e-6  # s: spike times are continuous, stored as float64 (far finer than this)
 LATENT_NAMES = ("prep_x", "prep_y", "rot1_a", "rot1_b", "rot2_a", "rot2_b", "osc_a", "osc_b", "slow")
 
 
@@ -335,7 +337,7 @@ def _units_table(spikes: list[np.ndarray], duration: float):
                        data=np.concatenate(spikes) if n else np.zeros(0))
     obs = VectorData(name="obs_intervals", description="observation intervals, seconds",
                      data=np.tile([0.0, duration], (n, 1)))
-    return Units(name="units", description="simulated single units",
+    return Units(name="units", description="simulated single units", resolution=SPIKE_TIME_RESOLUTION,
                  id=ElementIdentifiers(name="id", data=np.arange(n)),
                  columns=[times, VectorIndex(name="spike_times_index", target=times,
                                              data=np.cumsum([s.size for s in spikes])),
@@ -348,9 +350,16 @@ def _write_nwb(path: Path, truth: SimulationTruth, spikes: list[np.ndarray]) -> 
     from hdmf.common import VectorData
     from pynwb import NWBHDF5IO, NWBFile, TimeSeries
     from pynwb.epoch import TimeIntervals
+    from pynwb.file import Subject
 
     stamp = _dt.datetime(2024, 1, 1, tzinfo=_dt.timezone.utc)  # fixed: same seed, same file
     nwb = NWBFile(
+        experiment_description=f"simulated {TASK_WORDS[truth.task]} task, motor-cortex population tuned to hand velocity",
+        keywords=["simulation", "motor cortex", "brain-computer interface", "spike counts", truth.task],
+        subject=Subject(subject_id=f"sim-population-{truth.population_seed}", species="Macaca mulatta", sex="U",
+                        age="P4Y/P20Y", description="simulated: no animal was recorded; a model of an adult "
+                                                    "rhesus macaque's motor cortex (hence the adult age range and "
+                                                    "unknown sex); the population seed fixes the neurons"),
         session_description=f"spikestream simulated motor cortex, {truth.task} task",
         identifier=f"spikestream-sim-{truth.task}-s{truth.seed}-p{truth.population_seed}",
         session_start_time=stamp,

@@ -30,6 +30,13 @@ N_UNITS = 24
 _cache: dict = {}
 
 
+def runtime_base(tmp_path_factory) -> Path:
+    """The folder the runtime tests share in one pytest run (session file, artifacts)."""
+    base = tmp_path_factory.getbasetemp() / "runtime"
+    base.mkdir(exist_ok=True)
+    return base
+
+
 def session_file(base: Path) -> Path:
     """A 1-minute simulated maze session (2,400 bins) as NWB."""
     f = base / "runtime-sim.nwb"

@@ -17,6 +17,7 @@ import torch
 from decoder_runtime.backends import make_backend
 from export_helpers import make_artifact
 from models.artifact import ArtifactError, load_artifact, sha256, update_config
+from models.integrity import seal
 
 torch.set_num_threads(1)
 
@@ -91,10 +92,10 @@ def test_not_a_folder(tmp_path):
 
 
 def test_config_that_does_not_fit_the_weights(art):
-    """An edited architecture in config.json cannot load weights of another shape."""
+    """An edited architecture in config.json (re-sealed on purpose) cannot load weights of another shape."""
     config = json.loads((art / "config.json").read_text())
     config["model"]["hparams"]["hidden"] = 64  # weights were saved for 32
-    (art / "config.json").write_text(json.dumps(config))
+    (art / "config.json").write_text(json.dumps(seal(config)))
     with pytest.raises(ArtifactError, match="do not fit the configured model"):
         load_artifact(art)
 
@@ -124,7 +125,7 @@ def test_unlisted_export_is_refused(art):
     """A model.onnx that config.json does not list is not trusted, even if intact."""
     config = json.loads((art / "config.json").read_text())
     del config["files"]["model.onnx"]
-    (art / "config.json").write_text(json.dumps(config))
+    (art / "config.json").write_text(json.dumps(seal(config)))
     with pytest.raises(ArtifactError, match="not recorded in config.json"):
         make_backend(load_artifact(art), "onnx", "cpu")
 

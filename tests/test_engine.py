@@ -140,7 +140,7 @@ def test_a_model_far_behind_is_withheld_bins_then_reset(env):
 def bad_session(s, n=90):
     """n bins: session bins 0..88 with bin 30 of the wrong length, a NaN in 31, a negative in
     32, an out-of-order extra bin inserted at 33 (timestamp 10 ms before bin 32's), and a
-    1 s jump in the timestamps from bin 60 on (a gap)."""
+    1 s jump in the timestamps from bin 60 on (bin 60 a JUMP, 61 confirms it: a GAP)."""
     counts = [s.counts[k].copy() for k in range(n - 1)]
     t = list((np.arange(n - 1) + 1) * s.bin_width)
     counts[30] = np.ones(s.n_channels + 2, np.float32)
@@ -174,9 +174,9 @@ def test_bad_bins_are_flagged_published_and_decoded_by_policy(env, policy):
     f = r.flags
     assert f[30] & Flag.BAD_LENGTH and f[31] & Flag.NONFINITE and f[32] & Flag.NEGATIVE
     assert f[33] == Flag.BACKWARDS | Flag.DROPPED | Flag.HELD
-    assert f[60] & Flag.GAP and f[60] & Flag.RESET
+    assert f[60] == Flag.JUMP and f[61] == Flag.GAP | Flag.RESET
     clean = np.ones(n, bool)
-    clean[[30, 31, 32, 33, 60]] = False
+    clean[[30, 31, 32, 33, 60, 61]] = False
     assert not f[clean].any()
     # the model saw: imputed bins (impute) or nothing (hold); never the backwards bin
     if policy == "impute":
@@ -188,7 +188,7 @@ def test_bad_bins_are_flagged_published_and_decoded_by_policy(env, policy):
         assert all(f[k] & Flag.DROPPED and f[k] & Flag.HELD for k in (30, 31, 32))
         kept = [k for k in range(n) if k not in (30, 31, 32, 33)]
         seen = [counts[k] for k in kept]
-    ref = h.offline(art.model, np.stack(seen), resets=(kept.index(60),))
+    ref = h.offline(art.model, np.stack(seen), resets=(kept.index(61),))
     np.testing.assert_allclose(r.velocity[kept], ref, rtol=1e-5, atol=1e-6)
     held = [k for k in range(n) if k not in kept]
     np.testing.assert_array_equal(r.velocity[held], r.velocity[[min(held) - 1] * len(held)])
@@ -205,10 +205,24 @@ def test_gap_policy(env, on_gap):
     t = (np.arange(n) + 1) * s.bin_width
     t[50:] += 2.0
     r = h.run(art, ReplaySource(s.counts[:n], t, s.bin_width, None), deadline_ms=0, on_gap=on_gap)
-    assert r.flags[50] & Flag.GAP
-    assert bool(r.flags[50] & Flag.RESET) == (on_gap == "reset")
-    resets = (50,) if on_gap == "reset" else ()
+    assert r.flags[50] == Flag.JUMP and r.flags[51] & Flag.GAP
+    assert bool(r.flags[51] & Flag.RESET) == (on_gap == "reset")
+    resets = (51,) if on_gap == "reset" else ()
     np.testing.assert_allclose(r.velocity, h.offline(art.model, s.counts[:n], resets), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("ahead_s", [3.0, 1000.0])
+def test_one_bin_stamped_far_in_the_future_does_not_freeze_the_output(env, ahead_s):
+    """Fault: after one bin stamped +1000 s every later bin was dropped and held. Now that bin
+    alone is flagged and every bin is decoded exactly as without the bad stamp."""
+    s, art, _ = env
+    n = 200
+    t = (np.arange(n) + 1) * s.bin_width
+    t[50] += ahead_s
+    r = h.run(art, ReplaySource(s.counts[:n], t, s.bin_width, None), deadline_ms=0)
+    assert r.flags[50] == Flag.JUMP
+    assert not np.delete(r.flags, 50).any()
+    np.testing.assert_allclose(r.velocity, h.offline(art.model, s.counts[:n]), rtol=1e-5, atol=1e-6)
 
 
 def test_a_burst_of_late_bins_is_flagged_and_decoded_in_order(env):

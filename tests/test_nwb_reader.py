@@ -201,7 +201,7 @@ def test_ambiguous_behaviour_name(tmp_path):
     nwb_path = tmp_path / "amb.nwb"
     nwb = NWBFile(session_description="t", identifier="amb",
                   session_start_time=dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc))
-    for s in some_spikes():
+    for s in some_spikes(duration=0.1):  # the spikes' span is the behaviour's (else: a warning)
         nwb.add_unit(spike_times=s)
     nwb.add_acquisition(series("cursor_pos", np.zeros((100, 2))))
     nwb.create_processing_module("behavior", "b").add(series("cursor_pos", np.zeros((100, 2))))

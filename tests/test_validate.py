@@ -87,10 +87,36 @@ def test_timestamp_not_advancing_is_dropped(t):
     assert v.check(np.ones(C, np.float32), 1.025, 0.0) == 0
 
 
-def test_gap_flagged_on_a_timestamp_jump():
+def test_a_sustained_timestamp_jump_is_a_gap_from_the_bin_that_confirms_it():
     v = make()
     assert v.check(np.ones(C, np.float32), 1.0 + 1.4 * PERIOD, 0.0) == 0
-    assert v.check(np.ones(C, np.float32), 1.0 + 10 * PERIOD, 0.0) == Flag.GAP
+    assert v.check(np.ones(C, np.float32), 1.0 + 10 * PERIOD, 0.0) == Flag.JUMP  # decoded, not yet trusted
+    assert v.check(np.ones(C, np.float32), 1.0 + 11 * PERIOD, 0.0) == Flag.GAP  # it goes on from there
+    assert v.check(np.ones(C, np.float32), 1.0 + 12 * PERIOD, 0.0) == 0
+
+
+@pytest.mark.parametrize("ahead_s", [3.0, 1000.0, float("inf")])
+def test_a_single_far_future_stamp_costs_only_that_bin(ahead_s):
+    v = make()
+    x = np.ones(C, np.float32)
+    bad = v.check(x, 1.025 + ahead_s, 0.0)
+    assert bad == (Flag.JUMP if ahead_s < float("inf") else Flag.BACKWARDS | Flag.DROPPED)
+    for k in range(2, 50):  # the old timeline goes on: nothing backwards, dropped or held
+        assert v.check(x, 1.0 + k * PERIOD, 0.0) == 0
+
+
+def test_a_sustained_backwards_jump_is_a_gap_after_one_dropped_bin():
+    v = make()
+    x = np.ones(C, np.float32)
+    assert v.check(x, 0.5, 0.0) == Flag.BACKWARDS | Flag.DROPPED  # the source clock was set back
+    assert v.check(x, 0.525, 0.0) == Flag.GAP
+    assert v.check(x, 0.55, 0.0) == 0
+
+
+def test_a_gap_the_source_reports_moves_the_timeline_at_once():
+    v = make()
+    assert v.check(np.ones(C, np.float32), 0.2, 0.0, int(Flag.GAP)) == 0  # the engine keeps the source's GAP
+    assert v.check(np.ones(C, np.float32), 0.225, 0.0) == 0
 
 
 def test_late_flagged_beyond_threshold():

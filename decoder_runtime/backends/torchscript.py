@@ -10,7 +10,7 @@ import torch
 
 from decoder_runtime.backends.base import BackendUnavailable
 from decoder_runtime.backends.common import cuda_missing, export_entry, exported_file, initial_state, resolve_device
-from models.artifact import Artifact
+from models.artifact import Artifact, ArtifactError
 
 # The profiling executor specialises the graph over its first calls; run past that here.
 WARMUP_STEPS = 10
@@ -33,7 +33,11 @@ class TorchScriptBackend:
             )
         if threads is not None:
             torch.set_num_threads(threads)
-        self.module = torch.jit.load(str(exported_file(artifact, "torchscript")), map_location=self._dev).eval()
+        f = exported_file(artifact, "torchscript")
+        try:
+            self.module = torch.jit.load(str(f), map_location=self._dev).eval()
+        except RuntimeError as e:  # not a TorchScript archive (e.g. a pickle): refused, never unpickled
+            raise ArtifactError(f"{f}: not a loadable TorchScript archive ({str(e).splitlines()[0]})") from None
         self._init = [torch.from_numpy(s).to(self._dev) for s in initial_state(artifact)]
         self._x = torch.zeros(1, artifact.n_channels, device=self._dev)
         self.reset()

@@ -43,7 +43,8 @@ def play(counts: np.ndarray, outlet: CountsOutlet, pacer: Pacer, stop: threading
 class LSLReplaySource:
     """`stream-nwb` in a child process -> LSL -> an inlet here; otherwise an `LSLSource`."""
 
-    def __init__(self, nwb: str | None, n_bins: int, n_channels: int, bin_width: float, speed: str) -> None:
+    def __init__(self, nwb: str | None, n_bins: int, n_channels: int, bin_width: float, speed: str,
+                 channel_ids: list | None = None) -> None:
         name = f"spikestream-replay-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._stats = Path(tempfile.gettempdir()) / f"{name}-pacing.json"
         cmd = [sys.executable, "-m", "spikestream", "stream-nwb", *([str(nwb)] if nwb else []),
@@ -53,7 +54,7 @@ class LSLReplaySource:
         buflen = int(n_bins * bin_width) + 60 if parse_speed(speed) is None else 360
         try:
             self._inlet = LSLSource(n_channels=n_channels, period=bin_width, name=name, source_id=name,
-                                    resolve_timeout_s=60, max_buflen_s=buflen)
+                                    resolve_timeout_s=60, max_buflen_s=buflen, channel_ids=channel_ids)
         except BaseException:
             self._proc.terminate()
             raise

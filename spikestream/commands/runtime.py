@@ -42,6 +42,7 @@ AllowRemoteOpt = Annotated[Optional[bool], typer.Option("--allow-remote", help="
 CurveSecretOpt = Annotated[Optional[Path], typer.Option("--curve-secret", help="Server secret certificate (zmq.auth.create_certificates) to enable CURVE.")]
 CurveClientsOpt = Annotated[Optional[Path], typer.Option("--curve-clients", help="Folder of authorised client public certificates (default: any client knowing the server key).")]
 SummaryOpt = Annotated[Optional[Path], typer.Option("--summary-json", help="Also write the run summary to this JSON file.")]
+LslOutOpt = Annotated[Optional[str], typer.Option("--lsl-out", help="Also publish the velocity as an LSL stream of this name (vx, vy, seq, flags; stamped with the bin's source timestamp).")]
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -138,8 +139,9 @@ def run_session(cfg, command: str, title: str, summary_json: Path | None, *, ses
 
 
 def _runtime_values(backend, device, threads, zmq, record, deadline_ms, on_gap, bad_bin, late_ms, max_bins,
-                    adapt, adapt_tau) -> dict[str, Any]:
+                    adapt, adapt_tau, lsl_out) -> dict[str, Any]:
     return {"model.backend": backend, "model.device": device, "model.threads": threads, "output.zmq": zmq,
+            "output.lsl_out": lsl_out,
             "output.record": record, "deadline.deadline_ms": deadline_ms, "validation.on_gap": on_gap,
             "validation.bad_bin": bad_bin, "validation.late_ms": late_ms, "max_bins": max_bins,
             "adapt.method": adapt, "adapt.tau_s": adapt_tau}
@@ -152,6 +154,7 @@ def serve(
     lsl_name: Annotated[Optional[str], typer.Option("--lsl-name", help="LSL stream name to decode.")] = None,
     lsl_type: Annotated[Optional[str], typer.Option("--lsl-type", help="LSL stream type.")] = None,
     source_id: Annotated[Optional[str], typer.Option("--source-id", help="LSL source_id (lets a dropped stream be recovered).")] = None,
+    hostname: Annotated[Optional[str], typer.Option("--lsl-hostname", help="Only an LSL stream from this host (also when re-resolving after a loss).")] = None,
     backend: BackendOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
@@ -170,15 +173,16 @@ def serve(
     adapt: AdaptOpt = None,
     adapt_tau: AdaptTauOpt = None,
     summary_json: SummaryOpt = None,
+    lsl_out: LslOutOpt = None,
 ) -> None:
     """Decode a live LSL stream of spike-count bins and publish one velocity per bin over ZeroMQ."""
     cfg = build_config(config, {
         "model.artifact": artifact, "source.kind": "lsl", "source.lsl_name": lsl_name, "source.lsl_type": lsl_type,
-        "source.source_id": source_id, "source.resolve_timeout_s": resolve_timeout, "output.allow_remote": allow_remote,
+        "source.source_id": source_id, "source.hostname": hostname, "source.resolve_timeout_s": resolve_timeout, "output.allow_remote": allow_remote,
         "output.curve_secret": curve_secret, "output.curve_clients": curve_clients,
         "output.wait_subscriber_s": wait_subscriber,
         **_runtime_values(backend, device, threads, zmq, record, deadline_ms, on_gap, bad_bin, late_ms, max_bins,
-                          adapt, adapt_tau)})
+                          adapt, adapt_tau, lsl_out)})
     run_session(cfg, "serve", "serve {model} ({backend}/" + cfg.model.device + ")", summary_json)
 
 
@@ -203,6 +207,7 @@ def replay(
     adapt: AdaptOpt = None,
     adapt_tau: AdaptTauOpt = None,
     summary_json: SummaryOpt = None,
+    lsl_out: LslOutOpt = None,
 ) -> None:
     """Decode a recorded session as if it were live; end with R², latency, misses, flags and pacing."""
     paths = paths or []
@@ -213,15 +218,15 @@ def replay(
         "model.artifact": artifact, "source.kind": "replay", "source.nwb": nwb, "source.speed": speed,
         "source.via_lsl": via_lsl,
         **_runtime_values(backend, device, threads, zmq, record, deadline_ms, on_gap, bad_bin, late_ms, max_bins,
-                          adapt, adapt_tau)})
+                          adapt, adapt_tau, lsl_out)})
     session, held_out = _replay_session(cfg)
 
     def scores(result, rt) -> dict:
         from replay.scoring import replay_scores
 
         out = {"pacing": rt.engine.source.pacing()}
-        if session.velocity is not None:
-            out.update(replay_scores(result.velocity, result.model_vel, session.velocity, session.valid, held_out))
+        if rt.session.velocity is not None:
+            out.update(replay_scores(result.velocity, result.model_vel, rt.session.velocity, rt.session.valid, held_out))
         return out
 
     where = "default simulated session" if cfg.source.nwb is None else cfg.source.nwb
@@ -231,7 +236,9 @@ def replay(
 
 
 def _replay_session(cfg):
-    """The session to replay (cut to max_bins) and the artifact's held-out block in it, if any."""
+    """The session to replay (cut to max_bins) and the artifact's held-out block in it, if any.
+
+    Its units are matched to the artifact's channels by the assembler, after the artifact is verified."""
     from models.artifact import ArtifactError, read_config
     from replay import NWBFormatError, load_session
     from replay.scoring import held_out_block
@@ -242,9 +249,6 @@ def _replay_session(cfg):
         session = load_session(cfg.source.nwb and Path(cfg.source.nwb), bin_width=bin_width)
     except (ArtifactError, NWBFormatError, ValueError, KeyError, OSError) as e:
         raise fail(e) from None
-    n_channels = len(config.get("channel_ids") or [])
-    if n_channels and session.n_channels != n_channels:
-        raise fail(f"the session has {session.n_channels} channels; the artifact decodes {n_channels}")
     held_out = held_out_block(config, session.n_bins, session.meta.get("nwb_identifier"))
     if cfg.max_bins is not None:
         session = session.slice(0, min(cfg.max_bins, session.n_bins))
