@@ -54,11 +54,12 @@ class Publisher:
 
     def __init__(self, addr: str = DEFAULT_ADDR, *, hwm: int = 1000, allow_remote: bool = False,
                  curve_secret: Path | None = None, curve_clients: Path | None = None,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, topic: bytes = TOPIC) -> None:
         if not is_loopback(addr) and not allow_remote:
             raise PublishError(f"refusing to bind {addr}: not a loopback address (pass --allow-remote, "
                                "ideally with --curve-secret, to publish beyond this machine)")
         self.addr = addr
+        self.topic = topic  # the topic frame of every message (another stream, e.g. b"task", beside `velocity`)
         self.drops = 0
         self._ctx = context or zmq.Context.instance()
         self._auth: ThreadAuthenticator | None = None
@@ -101,9 +102,9 @@ class Publisher:
         return False
 
     def send(self, body: bytes) -> bool:
-        """Publish one message body under the `velocity` topic; False if it was dropped."""
+        """Publish one message body under this publisher's topic; False if it was dropped."""
         try:
-            self._sock.send(TOPIC, _MORE)  # a message's parts are queued atomically
+            self._sock.send(self.topic, _MORE)  # a message's parts are queued atomically
             self._sock.send(body, zmq.NOBLOCK)
             return True
         except zmq.Again:
