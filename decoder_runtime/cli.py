@@ -52,6 +52,10 @@ def _register() -> None:
 
     app.command("evaluate-drift")(drift_benchmark.evaluate_drift)
 
+    from benchmarks import closed_loop_cli
+
+    app.command("closed-loop")(closed_loop_cli.closed_loop)
+
 
 @app.command()
 def demo(

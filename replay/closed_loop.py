@@ -23,7 +23,7 @@ from replay.participant import Participant, ParticipantSettings
 from replay.simulator import make_population
 from replay.task_metrics import summarize_trials
 
-LOG_FIELDS = ("t", "cursor", "target", "intention", "decoded", "answered", "trial")
+LOG_FIELDS = ("t", "cursor", "target", "intention", "counts", "decoded", "answered", "trial")
 
 
 @dataclass(frozen=True)
@@ -83,9 +83,9 @@ class ClosedLoopWorld:
         if self.participant.new_target:
             self.encoder.add_reach(self.participant.estimate, self.participant.target_seen)
         counts = self.encoder.step(u)
-        for f, value in zip(("t", "cursor", "target", "intention", "trial"),
+        for f, value in zip(("t", "cursor", "target", "intention", "counts", "trial"),
                             (t, self.cursor.copy(), np.full(2, np.nan) if target is None else target.copy(), u,
-                             len(self.task.trials) - 1)):
+                             counts, len(self.task.trials) - 1)):
             self.log[f].append(value)
         self.k += 1
         return counts
@@ -97,7 +97,7 @@ class ClosedLoopWorld:
     def arrays(self) -> dict[str, np.ndarray]:
         """The per-bin log as arrays, one row per bin made (decoded: NaN where not answered)."""
         n = len(self.log["t"])
-        out = {f: np.asarray(self.log[f]) for f in ("t", "cursor", "target", "intention", "trial")}
+        out = {f: np.asarray(self.log[f]) for f in ("t", "cursor", "target", "intention", "counts", "trial")}
         dec = np.full((n, 2), np.nan)
         m = min(n, len(self.log["decoded"]))
         if m:

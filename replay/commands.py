@@ -30,6 +30,42 @@ class DriftKind(str, Enum):
     linear = "linear"
 
 
+# The drift options, shared by every command that simulates a drifted day (simulate, closed-loop).
+BaselineDriftOpt = Annotated[float, typer.Option(min=0, help="Hz: s.d. of additive baseline drift after 1 min")]
+BaselineKindOpt = Annotated[DriftKind, typer.Option()]
+BaselineOnsetOpt = Annotated[float, typer.Option(help="s")]
+GainChangeOpt = Annotated[float, typer.Option(min=0.001, help="factor on every rate (1 = none)")]
+GainSpreadOpt = Annotated[float, typer.Option(min=0, help="per-unit log s.d. around --gain-change")]
+GainOnsetOpt = Annotated[float, typer.Option(help="s")]
+GainRampOpt = Annotated[float, typer.Option(min=0, help="s to reach the full gain")]
+DeadFractionOpt = Annotated[float, typer.Option(min=0, max=1)]
+DeadOnsetOpt = Annotated[float, typer.Option(help="s")]
+NoisyFractionOpt = Annotated[float, typer.Option(min=0, max=1)]
+NoisyRateOpt = Annotated[float, typer.Option(min=0, help="Hz of untuned spikes added")]
+NoisyOnsetOpt = Annotated[float, typer.Option(help="s")]
+ShiftAtOpt = Annotated[Optional[float], typer.Option(help="s: time of a step change of all rates")]
+ShiftSizeOpt = Annotated[float, typer.Option(min=0, help="log s.d. of the per-unit step")]
+DriftSeedOpt = Annotated[Optional[int], typer.Option(help="which units drift (default: --seed)")]
+
+
+def drift_from_options(baseline_drift: float = 0.0, baseline_kind: DriftKind = DriftKind.random_walk,
+                       baseline_onset: float = 0.0, gain_change: float = 1.0, gain_spread: float = 0.0,
+                       gain_onset: float = 0.0, gain_ramp: float = 0.0, dead_fraction: float = 0.0,
+                       dead_onset: float = 0.0, noisy_fraction: float = 0.0, noisy_rate: float = 40.0,
+                       noisy_onset: float = 0.0, shift_at: float | None = None, shift_size: float = 0.5,
+                       drift_seed: int | None = None) -> DriftSpec:
+    """The DriftSpec the drift options describe (a typer.BadParameter if they contradict)."""
+    try:
+        return DriftSpec(
+            baseline_drift=baseline_drift, baseline_kind=DriftKind(baseline_kind).value, baseline_onset=baseline_onset,
+            gain_change=gain_change, gain_spread=gain_spread, gain_onset=gain_onset, gain_ramp=gain_ramp,
+            dead_fraction=dead_fraction, dead_onset=dead_onset, noisy_fraction=noisy_fraction,
+            noisy_rate=noisy_rate, noisy_onset=noisy_onset, shift_at=shift_at, shift_size=shift_size,
+            seed=drift_seed)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+
+
 def simulate(
     out: Annotated[Path, typer.Option("--out", help="NWB file to write")],
     task: Annotated[Task, typer.Option(help="maze: centre-out reaches (MC_Maze-like); rtt: random-target tracking (MC_RTT-like)")] = Task.maze,
@@ -37,32 +73,26 @@ def simulate(
     population_seed: Annotated[Optional[int], typer.Option(help="the neurons (default: --seed); same value + new --seed = another day")] = None,
     minutes: Annotated[float, typer.Option(min=0.05)] = DEFAULT_MINUTES,
     units: Annotated[int, typer.Option(min=1)] = DEFAULT_UNITS,
-    baseline_drift: Annotated[float, typer.Option(min=0, help="Hz: s.d. of additive baseline drift after 1 min")] = 0.0,
-    baseline_kind: Annotated[DriftKind, typer.Option()] = DriftKind.random_walk,
-    baseline_onset: Annotated[float, typer.Option(help="s")] = 0.0,
-    gain_change: Annotated[float, typer.Option(min=0.001, help="factor on every rate (1 = none)")] = 1.0,
-    gain_spread: Annotated[float, typer.Option(min=0, help="per-unit log s.d. around --gain-change")] = 0.0,
-    gain_onset: Annotated[float, typer.Option(help="s")] = 0.0,
-    gain_ramp: Annotated[float, typer.Option(min=0, help="s to reach the full gain")] = 0.0,
-    dead_fraction: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
-    dead_onset: Annotated[float, typer.Option(help="s")] = 0.0,
-    noisy_fraction: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
-    noisy_rate: Annotated[float, typer.Option(min=0, help="Hz of untuned spikes added")] = 40.0,
-    noisy_onset: Annotated[float, typer.Option(help="s")] = 0.0,
-    shift_at: Annotated[Optional[float], typer.Option(help="s: time of a step change of all rates")] = None,
-    shift_size: Annotated[float, typer.Option(min=0, help="log s.d. of the per-unit step")] = 0.5,
-    drift_seed: Annotated[Optional[int], typer.Option(help="which units drift (default: --seed)")] = None,
+    baseline_drift: BaselineDriftOpt = 0.0,
+    baseline_kind: BaselineKindOpt = DriftKind.random_walk,
+    baseline_onset: BaselineOnsetOpt = 0.0,
+    gain_change: GainChangeOpt = 1.0,
+    gain_spread: GainSpreadOpt = 0.0,
+    gain_onset: GainOnsetOpt = 0.0,
+    gain_ramp: GainRampOpt = 0.0,
+    dead_fraction: DeadFractionOpt = 0.0,
+    dead_onset: DeadOnsetOpt = 0.0,
+    noisy_fraction: NoisyFractionOpt = 0.0,
+    noisy_rate: NoisyRateOpt = 40.0,
+    noisy_onset: NoisyOnsetOpt = 0.0,
+    shift_at: ShiftAtOpt = None,
+    shift_size: ShiftSizeOpt = 0.5,
+    drift_seed: DriftSeedOpt = None,
 ) -> None:
     """Simulate a motor-cortex session and write it as NWB (NLB MC_Maze / MC_RTT layout)."""
-    try:
-        drift = DriftSpec(
-            baseline_drift=baseline_drift, baseline_kind=baseline_kind.value, baseline_onset=baseline_onset,
-            gain_change=gain_change, gain_spread=gain_spread, gain_onset=gain_onset, gain_ramp=gain_ramp,
-            dead_fraction=dead_fraction, dead_onset=dead_onset, noisy_fraction=noisy_fraction,
-            noisy_rate=noisy_rate, noisy_onset=noisy_onset, shift_at=shift_at, shift_size=shift_size,
-            seed=drift_seed)
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from e
+    drift = drift_from_options(baseline_drift, baseline_kind, baseline_onset, gain_change, gain_spread, gain_onset,
+                               gain_ramp, dead_fraction, dead_onset, noisy_fraction, noisy_rate, noisy_onset,
+                               shift_at, shift_size, drift_seed)
     truth = simulate_nwb(out, task=task.value, minutes=minutes, seed=seed, population_seed=population_seed,
                          n_units=units, drift=drift if drift.active else None)
     table = Table(title=f"simulated {out}", show_header=False)
