@@ -4,7 +4,7 @@ same R² (issue 13's acceptance check).
 An open-loop session is simulated and written as usual; its recorded hand velocity, shifted
 by the encoder's plan lead (the intention issued at t is the movement at t + lead), drives a
 `StreamingEncoder` of the same population, with the session's reaches announced at their
-onsets. One artifact decodes both count streams through the runtime's own backend, bin by bin.
+cues (with their cue and onset times). One artifact decodes both count streams through the runtime's own backend, bin by bin.
 If the encoder is the simulator's model, the two R² agree to within run-to-run spread.
 """
 from __future__ import annotations
@@ -35,12 +35,13 @@ def encoder_counts(seed: int, population_seed: int, minutes: float, n_units: int
     enc = StreamingEncoder(make_population(n_units, population_seed), seed=seed + 10_000, bin_width=bin_width)
     s, lead = enc.samples, enc.lead
     vel = np.concatenate([kin.velocity, np.repeat(kin.velocity[-1:], lead + s, axis=0)])
-    onsets = sorted((int(r.onset * SAMPLE_RATE) - lead, r) for r in kin.reaches)
+    cues = sorted((int(r.cue_time * SAMPLE_RATE), i) for i, r in enumerate(kin.reaches))
     out = np.zeros((n_bins, enc.population.n_units), dtype=np.float32)
     j = 0
     for k in range(n_bins):
-        while j < len(onsets) and onsets[j][0] < enc.t + s:  # a reach is announced when planned
-            enc.add_reach(onsets[j][1].start, onsets[j][1].end)
+        while j < len(cues) and cues[j][0] < enc.t + s:  # a reach is announced at its cue
+            r = kin.reaches[cues[j][1]]
+            enc.add_reach(r.start, r.end, cue_s=r.cue_time, onset_s=r.onset)
             j += 1
         out[k] = enc.step(vel[k * s + lead:(k + 1) * s + lead])
     return out

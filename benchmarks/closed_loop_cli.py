@@ -14,11 +14,8 @@ from rich.table import Table
 
 from decoder_runtime.adaptation.commands import AdaptOpt, AdaptTauOpt
 from decoder_runtime.commands import BackendOpt, DeviceOpt, ThreadsOpt
-from replay.commands import (
-    BaselineDriftOpt, BaselineKindOpt, BaselineOnsetOpt, DeadFractionOpt, DeadOnsetOpt, DriftKind, DriftSeedOpt,
-    GainChangeOpt, GainOnsetOpt, GainRampOpt, GainSpreadOpt, NoisyFractionOpt, NoisyOnsetOpt, NoisyRateOpt,
-    ShiftAtOpt, ShiftSizeOpt, drift_from_options,
-)
+from replay.commands import with_drift_options
+from replay.drift import DriftSpec
 
 console = Console(stderr=True)
 
@@ -51,6 +48,7 @@ def _print_summary(summary: dict) -> None:
     console.print(table)
 
 
+@with_drift_options
 def closed_loop(
     artifact: Annotated[Path, typer.Argument(help="Model artifact folder (RUN) that decodes the session.")],
     task: Annotated[TaskKind, typer.Option("--task", help="center-out(-and-back) to 8 targets, or a random-target grid (bit rate).")] = TaskKind.center_out,
@@ -74,21 +72,7 @@ def closed_loop(
     hold: Annotated[float, typer.Option("--hold", help="s")] = 0.5,
     timeout: Annotated[float, typer.Option("--timeout", help="s")] = 10.0,
     visual_delay: Annotated[float, typer.Option("--visual-delay", help="s: the participant's visual feedback delay")] = 0.2,
-    baseline_drift: BaselineDriftOpt = 0.0,
-    baseline_kind: BaselineKindOpt = DriftKind.random_walk,
-    baseline_onset: BaselineOnsetOpt = 0.0,
-    gain_change: GainChangeOpt = 1.0,
-    gain_spread: GainSpreadOpt = 0.0,
-    gain_onset: GainOnsetOpt = 0.0,
-    gain_ramp: GainRampOpt = 0.0,
-    dead_fraction: DeadFractionOpt = 0.0,
-    dead_onset: DeadOnsetOpt = 0.0,
-    noisy_fraction: NoisyFractionOpt = 0.0,
-    noisy_rate: NoisyRateOpt = 40.0,
-    noisy_onset: NoisyOnsetOpt = 0.0,
-    shift_at: ShiftAtOpt = None,
-    shift_size: ShiftSizeOpt = 0.5,
-    drift_seed: DriftSeedOpt = None,
+    drift: Optional[DriftSpec] = None,
     record: Annotated[Optional[Path], typer.Option("--record", help="Write the session (counts, intention, decoded velocity, cursor, target, trials) to this NWB file.")] = None,
     summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Write the run's summary here.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for trajectories.png, trials.csv and summary.json.")] = None,
@@ -96,16 +80,13 @@ def closed_loop(
     """Run a closed-loop cursor session: a simulated participant, its neurons, the runtime, the cursor."""
     from benchmarks.closed_loop_session import SessionOptions, run_session
 
-    drift = drift_from_options(baseline_drift, baseline_kind, baseline_onset, gain_change, gain_spread, gain_onset,
-                               gain_ramp, dead_fraction, dead_onset, noisy_fraction, noisy_rate, noisy_onset,
-                               shift_at, shift_size, drift_seed)
     opts = SessionOptions(
         artifact=artifact, task=task.value, trials=trials, seed=seed, population_seed=population_seed, live=live,
         connect=connect, lsl_name=lsl_name or f"spikestream-cl-{os.getpid()}", zmq=None if zmq == "none" else zmq,
         task_zmq=task_zmq, backend=backend, device=device, threads=threads, adapt=adapt, adapt_tau=adapt_tau,
         deadline_ms=deadline_ms, target_radius=target_radius, target_distance=target_distance,
         cursor_gain=cursor_gain, hold=hold, timeout=timeout, visual_delay=visual_delay,
-        drift=drift if drift.active else None)
+        drift=drift)
     with Progress(TextColumn("[bold]closed loop[/bold] trials"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
         job = bar.add_task("trials", total=trials)

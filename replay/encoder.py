@@ -23,7 +23,8 @@ cursor movement plan_lead_s later; the participant's forward model accounts for 
 The latent: its noise-driven parts (the ~1.2 Hz oscillation and the slow arousal process) run
 on as in the simulator; its task-driven parts (preparatory state, rotational dynamics kicked
 at movement onset) follow reaches announced with `add_reach` (the participant announces one
-when it sees a new target), through the simulator's own `reach_latent`.
+when it sees a new target: cue now, onset plan_lead_s later), through the simulator's own
+`reach_latent`.
 
 Check: driving the encoder with an open-loop session's recorded hand velocity, shifted by
 plan_lead_s, gives counts that the session's decoder scores within 0.03 R² of the session
@@ -89,10 +90,15 @@ class StreamingEncoder:
         """Start time of the next bin, seconds."""
         return self.t * DT
 
-    def add_reach(self, start: np.ndarray, end: np.ndarray) -> None:
-        """A reach from `start` to `end` (mm) begins now: kicks the rotational latent."""
+    def add_reach(self, start: np.ndarray, end: np.ndarray, *, cue_s: float | None = None,
+                  onset_s: float | None = None) -> None:
+        """Announce a reach from `start` to `end` (mm): its preparatory state ramps up from the
+        cue (default: now, when the target is seen) to the movement onset (default: now +
+        plan lead, when the intention issued now becomes movement), where it kicks the
+        rotational latent, exactly as the simulator does for an open-loop reach."""
         now = self.time_s
-        r = Reach(cue_time=now, onset=now, duration=0.0, start=np.asarray(start, float), end=np.asarray(end, float))
+        r = Reach(cue_time=now if cue_s is None else cue_s, onset=now + self.lead * DT if onset_s is None else onset_s,
+                  duration=0.0, start=np.asarray(start, float), end=np.asarray(end, float))
         if np.linalg.norm(r.end - r.start) > 0:
             amp = float(np.exp(self._rng_reach.normal(0, 0.25)))
             self._reaches.append(reach_latent(r, amp, np.iinfo(np.int64).max // 2))
