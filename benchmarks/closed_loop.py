@@ -207,8 +207,8 @@ class LiveTarget:
 
 def _start_serve(target: LiveTarget, summary_path: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "decoder_runtime.cli", "serve", *target.serve_args, "--lsl-name", target.lsl_name,
-           "--source-id", target.lsl_name, "--zmq", target.zmq_addr, "--wait-subscriber", "60",
-           "--resolve-timeout", "60", "--summary-json", str(summary_path)]
+           "--source-id", target.lsl_name, "--zmq", target.zmq_addr, "--wait-subscriber", "180",
+           "--resolve-timeout", "180", "--summary-json", str(summary_path)]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

@@ -97,7 +97,9 @@ def inspect_record(path: Path) -> list[str]:
 
 
 def plot_trajectories(path: Path, result, title: str) -> None:
-    """The classic center-out picture: each trial's cursor path coloured by target, failures in black."""
+    """The classic center-out picture: each trial's cursor path coloured by its outward target
+    (a return to the centre takes the colour of the reach before it, drawn fainter), failures
+    dashed black with an x where they timed out."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,21 +107,27 @@ def plot_trajectories(path: Path, result, title: str) -> None:
 
     a = result.world.arrays()
     s = result.world.settings.task
+    rows = trial_rows(result)
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
-    targets = sorted({(r["target_x"], r["target_y"]) for r in trial_rows(result)})
+    outward = sorted({(r["target_x"], r["target_y"]) for r in rows if r["kind"] != "back"})
     cmap = plt.get_cmap("hsv")
-    colour = {tg: cmap(i / max(len(targets), 1)) for i, tg in enumerate(targets)}
-    for r in trial_rows(result):
-        sel = a["trial"] == r["index"]
-        xy = a["cursor"][sel]
+    colour = {tg: cmap(i / max(len(outward), 1)) for i, tg in enumerate(outward)}
+    last = "grey"
+    for r in rows:
+        xy = a["cursor"][a["trial"] == r["index"]]
         ok = r["outcome"] == "success"
-        ax.plot(xy[:, 0], xy[:, 1], lw=0.7 if ok else 1.0, alpha=0.6 if ok else 0.9,
-                color=colour[(r["target_x"], r["target_y"])] if ok else "k", ls="-" if ok else "--")
+        if r["kind"] != "back":
+            last = colour[(r["target_x"], r["target_y"])]
+        back = r["kind"] == "back"
+        ax.plot(xy[:, 0], xy[:, 1], lw=0.5 if back else 0.8, alpha=(0.3 if back else 0.7) if ok else 0.9,
+                color=last if ok else "k", ls="-" if ok else "--")
         if not ok and len(xy):
             ax.plot(xy[-1, 0], xy[-1, 1], "kx", ms=6)
     radius = s.cell / 2 if s.task == "grid" else s.target_radius
-    for tg in targets:
+    for tg in outward:
         ax.add_patch(plt.Circle(tg, radius, fill=False, color=colour[tg], lw=1.2))
+    if any(r["kind"] == "back" for r in rows):
+        ax.add_patch(plt.Circle((0, 0), radius, fill=False, color="grey", lw=1.2))
     ax.set_xlim(-s.workspace, s.workspace)
     ax.set_ylim(-s.workspace, s.workspace)
     ax.set_aspect("equal")

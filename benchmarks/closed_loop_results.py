@@ -94,9 +94,10 @@ def write(runs_dir: Path, out: Path, check: Path | None = None) -> dict:
     png_dir = out / "closed_loop"
     png_dir.mkdir(parents=True, exist_ok=True)
     for g, runs in groups.items():
-        first = sorted(runs, key=lambda s: s["_dir"])[0]
-        png = Path(first["_dir"]) / "trajectories.png"
-        if png.is_file():
+        pngs = [Path(s["_dir"]) / "trajectories.png" for s in runs]
+        pngs = sorted((p for p in pngs if p.is_file()), key=lambda p: p.stat().st_mtime)
+        if pngs:
+            png = pngs[-1]
             shutil.copy(png, png_dir / f"{g}.png")
     result = {"rows": rows, "encoder_check": json.loads(check.read_text().strip().splitlines()[-1])
               if check is not None and check.is_file() else None}
