@@ -192,6 +192,20 @@ def run_fast(world_settings: WorldSettings, artifact, backend, *, adapter, deadl
                             latency_us={**_latency(tap.lat_us), "deadline_misses": summary["deadline_misses"]})
 
 
+def run_ideal(world_settings: WorldSettings) -> ClosedLoopResult:
+    """The reference loop without a runtime: the ideal decoder of the encoder, whose velocity for
+    bin k is the intention issued `plan_lead_s` earlier (what the neurons carry). What the
+    participant model achieves when decoding is perfect; every real decoder is measured
+    against it."""
+    world = ClosedLoopWorld(world_settings)
+    lead_bins = world.encoder.lead // world.encoder.samples
+    velocity = None
+    while world.next_bin(velocity) is not None:
+        issued = world.log["intention"]
+        velocity = issued[-1 - lead_bins] if len(issued) > lead_bins else np.zeros(2)
+    return ClosedLoopResult(world=world, metrics=world.metrics(), latency_us={}, mode="ideal")
+
+
 @dataclass
 class LiveTarget:
     """Where the live loop finds the runtime: its LSL stream name and its ZeroMQ address.
@@ -244,7 +258,7 @@ def _velocity_until(sock, k: int, until_ns: int, got: dict[int, dict]) -> None:
 
 
 def run_live(world_settings: WorldSettings, target: LiveTarget, *, task_addr: str | None = DEFAULT_TASK_ADDR,
-             connect_timeout_s: float = 60.0,
+             connect_timeout_s: float = 180.0,
              on_bin: Callable[[ClosedLoopWorld], None] | None = None) -> ClosedLoopResult:
     """The closed loop in real time: pylsl outlet at 1 / bin width -> `serve` -> ZeroMQ -> cursor."""
     import pylsl

@@ -43,20 +43,11 @@ def test_encoder_tuning_follows_intention():
     assert counts[1][east].sum() > 1.2 * counts[-1][east].sum()
 
 
-def _perfect_world(n_trials: int) -> ClosedLoopWorld:
-    """The world driven by the ideal decoder: the velocity decoded for bin k is the intention
-    issued plan_lead earlier (what the encoder says the neurons carry)."""
-    world = ClosedLoopWorld(WorldSettings(task=TaskSettings(n_trials=n_trials), n_units=40))
-    lead_bins = world.encoder.lead // world.encoder.samples
-    velocity = None
-    while world.next_bin(velocity) is not None:
-        u = world.log["intention"]
-        velocity = u[-1 - lead_bins] if len(u) > lead_bins else np.zeros(2)
-    return world
-
-
 def test_participant_reaches_targets_with_a_perfect_decoder():
-    m = _perfect_world(8).metrics()
+    """The ideal decoder (velocity = the intention the neurons carry, plan lead earlier)."""
+    from benchmarks.closed_loop import run_ideal
+
+    m = run_ideal(WorldSettings(task=TaskSettings(n_trials=8), n_units=40)).metrics
     assert m["n_trials"] == 8 and m["success_rate"] == 1.0
     assert m["time_to_target_s"] < 2.0
     assert m["path_efficiency"] > 0.5
