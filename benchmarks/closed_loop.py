@@ -310,6 +310,7 @@ def run_live(world_settings: WorldSettings, target: LiveTarget, *, task_addr: st
     lat = np.array([got[j]["lat_us"] for j in range(world.k) if j in got])
     serve_summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     summary_path.unlink(missing_ok=True)
+    held = int(np.count_nonzero(~world.arrays()["answered"][:-1]))  # the last bin's answer is never needed
     return ClosedLoopResult(world=world, metrics=world.metrics(), mode="live",
-                            latency_us={**_latency(lat), "unanswered_bins": int(world.k - len(lat)),
+                            latency_us={**_latency(lat), "unanswered_bins": held, "never_answered": int(world.k - len(lat)),
                                         "serve_summary": serve_summary, "serve_stderr_tail": serve_err[-300:]})
