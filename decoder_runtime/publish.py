@@ -72,12 +72,13 @@ class Publisher:
 
     def __init__(self, addr: str = DEFAULT_ADDR, *, hwm: int = 1000, allow_remote: bool = False,
                  curve_secret: Path | None = None, curve_clients: Path | None = None,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, topic: bytes = TOPIC) -> None:
         check_endpoint(addr)
         if not is_loopback(addr) and not allow_remote:
             raise PublishError(f"refusing to bind {addr}: not a loopback address (pass --allow-remote, "
                                "ideally with --curve-secret, to publish beyond this machine)")
         self.addr = addr
+        self.topic = topic  # the topic frame of every message (another stream, e.g. b"task", beside `velocity`)
         self.drops = 0
         self._ctx = context or zmq.Context.instance()
         self._auth: ThreadAuthenticator | None = None
@@ -119,10 +120,10 @@ class Publisher:
             return True
         return False
 
-    def send(self, body: bytes, topic: bytes = TOPIC) -> bool:
-        """Publish one message body under `topic` (default `velocity`); False if it was dropped."""
+    def send(self, body: bytes, topic: bytes | None = None) -> bool:
+        """Publish one message body under `topic` (default: this publisher's); False if it was dropped."""
         try:
-            self._sock.send(topic, _MORE)  # a message's parts are queued atomically
+            self._sock.send(topic or self.topic, _MORE)  # a message's parts are queued atomically
             self._sock.send(body, zmq.NOBLOCK)
             return True
         except zmq.Again:

@@ -38,7 +38,7 @@ import numba
 import numpy as np
 
 from replay.drift import DriftSpec, RealisedDrift, realise, spec_dict
-from replay.kinematics import DT, SAMPLE_RATE, Kinematics, smooth_ar1, simulate_kinematics
+from replay.kinematics import DT, SAMPLE_RATE, Kinematics, Reach, smooth_ar1, simulate_kinematics
 
 SIMULATOR_VERSION = 3  # bump when the model changes, so cached default sessions re-simulate
 V_SCALE = 250.0  # mm/s: velocity normalisation inside the tuning terms
@@ -125,30 +125,44 @@ def simulate_latent(kin: Kinematics, rng: np.random.Generator) -> np.ndarray:
     n = kin.t.size
     z = np.zeros((n, len(LATENT_NAMES)))
     for r in kin.reaches:
-        u = np.array([np.cos(r.direction), np.sin(r.direction)])
-        # Preparatory state: ramps up after the cue, holds to onset, decays after it.
-        i0, i1 = int(r.cue_time * SAMPLE_RATE), min(int(r.onset * SAMPLE_RATE), n)
-        if i1 > i0:
-            ramp = 1.0 - np.exp(-(np.arange(i1 - i0) * DT) / 0.12)
-            z[i0:i1, 0:2] += ramp[:, None] * u
-            level = ramp[-1]
-        else:
-            level = 0.0
-        i2 = min(i1 + int(0.6 * SAMPLE_RATE), n)
-        tau = np.arange(i2 - i1) * DT
-        z[i1:i2, 0:2] += (level * np.exp(-tau / 0.15))[:, None] * u
-        # Rotational dynamics kicked at onset, phase set by reach direction (Churchland 2012).
-        amp = float(np.linalg.norm(r.end - r.start)) / 100.0 * np.exp(rng.normal(0, 0.25))
-        i3 = min(i1 + int(1.0 * SAMPLE_RATE), n)
-        tau = np.arange(i3 - i1) * DT
-        env = amp * (tau / 0.18) * np.exp(1.0 - tau / 0.18)
-        for j, (f, off) in enumerate(((1.5, 0.0), (2.5, 1.3))):
-            ph = 2 * np.pi * f * tau + r.direction + off
-            z[i1:i3, 2 + 2 * j] += env * np.cos(ph)
-            z[i1:i3, 3 + 2 * j] += env * np.sin(ph)
+        i0, block = reach_latent(r, float(np.exp(rng.normal(0, 0.25))), n)
+        z[i0:i0 + block.shape[0], 0:6] += block
     z[:, 6:8] = damped_rotation(rng.standard_normal((n, 2)), np.exp(-DT / 0.4), 2 * np.pi * 1.2 * DT)
     z[:, 8] = smooth_ar1(rng.standard_normal((n, 1)), np.exp(-DT / 8.0))[:, 0]
     return z.astype(np.float32)
+
+
+def reach_latent(r: Reach, amp_factor: float, n: int) -> tuple[int, np.ndarray]:
+    """(first sample, float64[len, 6]): one reach's preparatory and rotational latent parts.
+
+    Preparatory state ramps up after the cue, holds to onset and decays after it;
+    rotational dynamics are kicked at onset with their phase set by the reach direction
+    (Churchland et al. 2012) and amplitude distance / 100 mm x `amp_factor` (the trial-to-
+    trial spread). Shared by the whole-session simulator and the streaming encoder. The
+    block is cut at sample `n`.
+    """
+    u = np.array([np.cos(r.direction), np.sin(r.direction)])
+    i0, i1 = int(r.cue_time * SAMPLE_RATE), min(int(r.onset * SAMPLE_RATE), n)
+    i1 = max(i1, i0)
+    i2 = min(i1 + int(0.6 * SAMPLE_RATE), n)
+    i3 = min(i1 + int(1.0 * SAMPLE_RATE), n)
+    z = np.zeros((max(i2, i3) - i0, 6))
+    if i1 > i0:
+        ramp = 1.0 - np.exp(-(np.arange(i1 - i0) * DT) / 0.12)
+        z[:i1 - i0, 0:2] += ramp[:, None] * u
+        level = ramp[-1]
+    else:
+        level = 0.0
+    tau = np.arange(i2 - i1) * DT
+    z[i1 - i0:i2 - i0, 0:2] += (level * np.exp(-tau / 0.15))[:, None] * u
+    amp = float(np.linalg.norm(r.end - r.start)) / 100.0 * amp_factor
+    tau = np.arange(i3 - i1) * DT
+    env = amp * (tau / 0.18) * np.exp(1.0 - tau / 0.18)
+    for j, (f, off) in enumerate(((1.5, 0.0), (2.5, 1.3))):
+        ph = 2 * np.pi * f * tau + r.direction + off
+        z[i1 - i0:i3 - i0, 2 + 2 * j] += env * np.cos(ph)
+        z[i1 - i0:i3 - i0, 3 + 2 * j] += env * np.sin(ph)
+    return i0, z
 
 
 @numba.njit(cache=True)
@@ -170,12 +184,13 @@ CHUNK = 8192  # samples per block of the spike generator (bounds memory at ~10 M
 @numba.njit(cache=True)
 def _generate_spikes(rng, t_first, drive, kin_drive, lag, eps, need, ready, noise_sd, noise_a,
                      gain, gain_onset, gain_ramp, shift, shift_at, dead, dead_onset,
-                     noisy, noisy_rate, noisy_onset, offset_knots, knot_dt, dt):
+                     noisy, noisy_rate, noisy_onset, offset_knots, knot_dt, use_gain, use_offset, dt):
     """Spikes of one block by time rescaling, the rate piecewise constant per dt.
 
     Unit c's log rate at sample t_first + i is drive[c, i] (baseline and shared latent)
     + kin_drive[c, i + lag[c]] (tuning to the movement lag[c] samples ahead) + private
-    noise. Each unit integrates its rate and fires when the integral passes an Exp(1) draw
+    noise. `use_gain` / `use_offset` say whether the gain / baseline-offset drift is on at all
+    (computed once by `drift_args`, not per block: a streamed bin is a tiny block). Each unit integrates its rate and fires when the integral passes an Exp(1) draw
     (`need`), the spike placed exactly where the integral crosses it inside the step:
     continuous-time spike times from one random number per spike rather than per step.
     After a spike the unit integrates nothing until `ready` (an absolute refractory
@@ -190,8 +205,6 @@ def _generate_spikes(rng, t_first, drive, kin_drive, lag, eps, need, ready, nois
     n_out = 0
     g_noise = np.sqrt(1.0 - noise_a * noise_a)
     n_knots = offset_knots.shape[0]
-    use_gain = np.any(gain != 1.0)
-    use_offset = np.any(offset_knots != 0.0)
     for c in range(n_units):
         for i in range(n):
             t = t_first + i
@@ -254,6 +267,34 @@ def _project(w: np.ndarray, x_t: np.ndarray, offset: np.ndarray) -> np.ndarray:
     return out
 
 
+def tuning_weights(pop: Population) -> tuple[np.ndarray, np.ndarray]:
+    """(w_kin float64[C, 3], base float64[C]): how each unit's log rate reads the movement
+    features (`kinematic_features`) and its baseline log rate (noise-corrected so the mean
+    rate stays at r0)."""
+    w_kin = np.column_stack([pop.velocity_gain * np.cos(pop.preferred_direction),
+                             pop.velocity_gain * np.sin(pop.preferred_direction), pop.speed_gain])
+    return w_kin, np.log(pop.baseline_rate) - 0.5 * pop.noise_sd**2
+
+
+def kinematic_features(velocity: np.ndarray) -> np.ndarray:
+    """float64[N, 3]: (vx, vy, speed) / V_SCALE, the terms cosine and speed tuning read."""
+    speed = np.linalg.norm(velocity, axis=1)
+    return np.column_stack([velocity / V_SCALE, speed / V_SCALE])
+
+
+NOISE_A = float(np.exp(-NOISE_STEP * DT / 0.06))  # AR(1) coefficient of the private noise per update
+
+
+def drift_args(drift: RealisedDrift) -> tuple:
+    """The drift arguments of `_generate_spikes`, in its order (gain ... use_offset)."""
+    spec = drift.spec
+    return (drift.gain, float(spec.gain_onset), float(spec.gain_ramp), drift.shift,
+            np.inf if spec.shift_at is None else float(spec.shift_at),
+            drift.dead, float(spec.dead_onset), drift.noisy, float(spec.noisy_rate),
+            float(spec.noisy_onset), drift.offset_knots, float(drift.knot_dt),
+            bool(np.any(drift.gain != 1.0)), bool(np.any(drift.offset_knots != 0.0)))
+
+
 def simulate_spikes(pop: Population, kin: Kinematics, latent: np.ndarray, drift: RealisedDrift,
                     rng: np.random.Generator) -> list[np.ndarray]:
     """One sorted float64 array of spike times per unit.
@@ -262,11 +303,8 @@ def simulate_spikes(pop: Population, kin: Kinematics, latent: np.ndarray, drift:
     per-sample, per-unit noise and spike drawing run in the numba kernel.
     """
     n = kin.t.size
-    speed = np.linalg.norm(kin.velocity, axis=1)
-    features = np.column_stack([kin.velocity / V_SCALE, speed / V_SCALE])
-    w_kin = np.column_stack([pop.velocity_gain * np.cos(pop.preferred_direction),
-                             pop.velocity_gain * np.sin(pop.preferred_direction), pop.speed_gain])
-    base = np.log(pop.baseline_rate) - 0.5 * pop.noise_sd**2  # keeps the mean rate at r0
+    features = kinematic_features(kin.velocity)
+    w_kin, base = tuning_weights(pop)
     zero = np.zeros(pop.n_units)
     lat_t = np.ascontiguousarray(np.asarray(latent, dtype=np.float64).T)
     max_lag = int(pop.lag.max())
@@ -274,17 +312,13 @@ def simulate_spikes(pop: Population, kin: Kinematics, latent: np.ndarray, drift:
     eps = np.zeros(pop.n_units)
     need = rng.exponential(size=pop.n_units)
     ready = np.zeros(pop.n_units)
-    spec = drift.spec
+    drifting = drift_args(drift)
     out_u, out_t = [], []
     for a in range(0, n, CHUNK):
         b = min(a + CHUNK, n)
         u, t = _generate_spikes(
             rng, a, _project(pop.latent_loading, lat_t[:, a:b], base), _project(w_kin, pad_t[:, a:b + max_lag], zero),
-            pop.lag, eps, need, ready, pop.noise_sd, float(np.exp(-NOISE_STEP * DT / 0.06)),
-            drift.gain, float(spec.gain_onset), float(spec.gain_ramp), drift.shift,
-            np.inf if spec.shift_at is None else float(spec.shift_at),
-            drift.dead, float(spec.dead_onset), drift.noisy, float(spec.noisy_rate),
-            float(spec.noisy_onset), drift.offset_knots, float(drift.knot_dt), DT)
+            pop.lag, eps, need, ready, pop.noise_sd, NOISE_A, *drifting, DT)
         out_u.append(u)
         out_t.append(t)
     units, times = np.concatenate(out_u), np.concatenate(out_t)

@@ -1,6 +1,8 @@
 """`spikestream simulate` and `spikestream info`: make a session file, and look inside one."""
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 from enum import Enum
 from pathlib import Path
@@ -27,6 +29,56 @@ class DriftKind(str, Enum):
     linear = "linear"
 
 
+# The drift options, shared by every command that simulates a drifted day (simulate, closed-loop):
+# (name, annotation, default), added to a command's signature by `with_drift_options`.
+DRIFT_OPTIONS = (
+    ("baseline_drift", Annotated[float, typer.Option(min=0, help="Hz: s.d. of additive baseline drift after 1 min")], 0.0),
+    ("baseline_kind", Annotated[DriftKind, typer.Option()], DriftKind.random_walk),
+    ("baseline_onset", Annotated[float, typer.Option(help="s")], 0.0),
+    ("gain_change", Annotated[float, typer.Option(min=0.001, help="factor on every rate (1 = none)")], 1.0),
+    ("gain_spread", Annotated[float, typer.Option(min=0, help="per-unit log s.d. around --gain-change")], 0.0),
+    ("gain_onset", Annotated[float, typer.Option(help="s")], 0.0),
+    ("gain_ramp", Annotated[float, typer.Option(min=0, help="s to reach the full gain")], 0.0),
+    ("dead_fraction", Annotated[float, typer.Option(min=0, max=1)], 0.0),
+    ("dead_onset", Annotated[float, typer.Option(help="s")], 0.0),
+    ("noisy_fraction", Annotated[float, typer.Option(min=0, max=1)], 0.0),
+    ("noisy_rate", Annotated[float, typer.Option(min=0, help="Hz of untuned spikes added")], 40.0),
+    ("noisy_onset", Annotated[float, typer.Option(help="s")], 0.0),
+    ("shift_at", Annotated[Optional[float], typer.Option(help="s: time of a step change of all rates")], None),
+    ("shift_size", Annotated[float, typer.Option(min=0, help="log s.d. of the per-unit step")], 0.5),
+    ("drift_seed", Annotated[Optional[int], typer.Option(help="which units drift (default: --seed)")], None),
+)
+
+
+def with_drift_options(command):
+    """Give a typer command the drift options; it receives them as one `drift: DriftSpec | None`.
+
+    One list of options for every command that simulates drift, so `simulate` and
+    `closed-loop` cannot drift apart. Contradicting values are a typer.BadParameter.
+    """
+    sig = inspect.signature(command, eval_str=True)
+    params = [p for p in sig.parameters.values() if p.name != "drift"]
+    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=default)
+               for name, ann, default in DRIFT_OPTIONS]
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from replay.drift import DriftSpec
+
+        values = {name: kwargs.pop(name) for name, _, _ in DRIFT_OPTIONS}
+        values["baseline_kind"] = DriftKind(values["baseline_kind"]).value
+        values["seed"] = values.pop("drift_seed")
+        try:
+            spec = DriftSpec(**values)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from e
+        return command(*args, drift=spec if spec.active else None, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=params)
+    return wrapper
+
+
+@with_drift_options
 def simulate(
     out: Annotated[Path, typer.Option("--out", help="NWB file to write")],
     task: Annotated[Task, typer.Option(help="maze: centre-out reaches (MC_Maze-like); rtt: random-target tracking (MC_RTT-like)")] = Task.maze,
@@ -34,38 +86,13 @@ def simulate(
     population_seed: Annotated[Optional[int], typer.Option(help="the neurons (default: --seed); same value + new --seed = another day")] = None,
     minutes: Annotated[float, typer.Option(min=0.05)] = DEFAULT_MINUTES,
     units: Annotated[int, typer.Option(min=1)] = DEFAULT_UNITS,
-    baseline_drift: Annotated[float, typer.Option(min=0, help="Hz: s.d. of additive baseline drift after 1 min")] = 0.0,
-    baseline_kind: Annotated[DriftKind, typer.Option()] = DriftKind.random_walk,
-    baseline_onset: Annotated[float, typer.Option(help="s")] = 0.0,
-    gain_change: Annotated[float, typer.Option(min=0.001, help="factor on every rate (1 = none)")] = 1.0,
-    gain_spread: Annotated[float, typer.Option(min=0, help="per-unit log s.d. around --gain-change")] = 0.0,
-    gain_onset: Annotated[float, typer.Option(help="s")] = 0.0,
-    gain_ramp: Annotated[float, typer.Option(min=0, help="s to reach the full gain")] = 0.0,
-    dead_fraction: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
-    dead_onset: Annotated[float, typer.Option(help="s")] = 0.0,
-    noisy_fraction: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
-    noisy_rate: Annotated[float, typer.Option(min=0, help="Hz of untuned spikes added")] = 40.0,
-    noisy_onset: Annotated[float, typer.Option(help="s")] = 0.0,
-    shift_at: Annotated[Optional[float], typer.Option(help="s: time of a step change of all rates")] = None,
-    shift_size: Annotated[float, typer.Option(min=0, help="log s.d. of the per-unit step")] = 0.5,
-    drift_seed: Annotated[Optional[int], typer.Option(help="which units drift (default: --seed)")] = None,
+    drift: object = None,  # a replay.drift.DriftSpec or None, from the drift options
 ) -> None:
     """Simulate a motor-cortex session and write it as NWB (NLB MC_Maze / MC_RTT layout)."""
-    try:
-        from replay.drift import DriftSpec
-
-        drift = DriftSpec(
-            baseline_drift=baseline_drift, baseline_kind=baseline_kind.value, baseline_onset=baseline_onset,
-            gain_change=gain_change, gain_spread=gain_spread, gain_onset=gain_onset, gain_ramp=gain_ramp,
-            dead_fraction=dead_fraction, dead_onset=dead_onset, noisy_fraction=noisy_fraction,
-            noisy_rate=noisy_rate, noisy_onset=noisy_onset, shift_at=shift_at, shift_size=shift_size,
-            seed=drift_seed)
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from e
     from replay.simulator import simulate_nwb
 
     truth = simulate_nwb(out, task=task.value, minutes=minutes, seed=seed, population_seed=population_seed,
-                         n_units=units, drift=drift if drift.active else None)
+                         n_units=units, drift=drift)
     table = Table(title=f"simulated {out}", show_header=False)
     table.add_row("task", truth.task)
     table.add_row("seed / population seed", f"{truth.seed} / {truth.population_seed}")
@@ -73,7 +100,7 @@ def simulate(
     table.add_row("units", str(truth.population.n_units))
     table.add_row("spikes", f"{int(truth.n_spikes.sum()):,} (mean {truth.n_spikes.mean() / truth.duration:.1f} Hz per unit)")
     table.add_row("trials", str(truth.trials["start_time"].size))
-    table.add_row("drift", json.dumps(truth.drift.summary) if drift.active else "none")
+    table.add_row("drift", json.dumps(truth.drift.summary) if drift is not None else "none")
     console.print(table)
 
 
