@@ -31,6 +31,9 @@ from decoder_runtime.engine import Engine, EngineSettings, GapPolicy, RunResult
 from decoder_runtime.messages import flag_names
 from decoder_runtime.publish import DEFAULT_ADDR, Publisher, connect_subscriber, is_loopback
 from decoder_runtime.validate import BadBinPolicy
+from decoder_runtime.warm import BinWaiter, WarmError, WarmSettings, apply_process
+from decoder_runtime.warm_cli import (FreezeGcOpt, KeepWarmOpt, PinCpusOpt, RealtimeOpt, WarmLeadOpt, WarmPassesOpt,
+                                     warm_settings)
 
 console = Console(stderr=True)
 
@@ -143,7 +146,8 @@ def _summary_table(title: str, summary: dict) -> Table:
 def _run(open_source, artifact, backend, kind: str, *, device: str, zmq: str, allow_remote: bool,
          curve_secret: Path | None, curve_clients: Path | None, record: Path | None, deadline_ms: float,
          on_gap: GapPolicy, bad_bin: BadBinPolicy, late_ms: float | None, max_bins: int | None, command: str,
-         adapter: Adapter, wait_subscriber_s: float = 0.0, summarize=RunResult.summary) -> tuple[RunResult, dict]:
+         adapter: Adapter, warm: WarmSettings, wait_subscriber_s: float = 0.0,
+         summarize=RunResult.summary) -> tuple[RunResult, dict]:
     """Publisher, source, recorder, fallback and engine; runs until done or stopped.
 
     The publisher is bound (and, if asked, a subscriber awaited) before `open_source()` is
@@ -178,6 +182,7 @@ def _run(open_source, artifact, backend, kind: str, *, device: str, zmq: str, al
             "backend": kind, "device": device, "zmq": zmq, "deadline_ms": settings.deadline_ms,
             "on_gap": GapPolicy(on_gap).value, "bad_bin": BadBinPolicy(bad_bin).value, "late_ms": late_ms,
             "max_bins": max_bins, "fallback": fallback_note, "adapt": adapter.name, "source": source.describe(),
+            "warm": warm.describe(),
             "code_version": code_version(), "python": sys.version.split()[0],
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -188,10 +193,17 @@ def _run(open_source, artifact, backend, kind: str, *, device: str, zmq: str, al
         engine = Engine(source, backend, model_id=artifact.model_id,
                         fill=np.asarray(artifact.config["normalization"]["x_mean"], dtype=np.float32),
                         settings=settings, publisher=publisher, recorder=recorder, fallback=fallback,
-                        adapter=adapter, late_ms=late_ms, bad_bin=bad_bin, on_event=lambda line: console.print(f"[dim]{line}[/dim]"))
+                        adapter=adapter, late_ms=late_ms, bad_bin=bad_bin, on_event=lambda line: console.print(f"[dim]{line}[/dim]"),
+                        waiter=BinWaiter(warm))
+        try:
+            process_notes = apply_process(warm)
+        except WarmError as e:
+            console.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from None
         console.print(f"[bold]{command}[/bold]: {artifact.model_id} on {kind}/{device}; "
                       f"deadline {settings.deadline_ms or 'none'} ms; fallback: {fallback_note}; adapt: {adapter.name}; "
-                      f"publishing on {zmq}" + (f"; recording to {record}" if record else ""))
+                      f"publishing on {zmq}" + (f"; recording to {record}" if record else "")
+                      + f"; keep-warm {'on' if warm.keep_warm else 'off'}" + "".join(f"; {n}" for n in process_notes))
         with _stop_on_signals() as stop:
             result = engine.run(stop)
         summary = summarize(result)
@@ -235,12 +247,19 @@ def serve(
     wait_subscriber: Annotated[float, typer.Option("--wait-subscriber", help="Wait up to this many seconds for a ZeroMQ subscriber before opening the stream.")] = 0.0,
     adapt: AdaptOpt = None,
     adapt_tau: AdaptTauOpt = None,
+    keep_warm: KeepWarmOpt = True,
+    warm_lead_us: WarmLeadOpt = 1000.0,
+    warm_passes: WarmPassesOpt = 1,
+    pin_cpus: PinCpusOpt = None,
+    realtime: RealtimeOpt = False,
+    freeze_gc: FreezeGcOpt = True,
     summary_json: SummaryOpt = None,
 ) -> None:
     """Decode a live LSL stream of spike-count bins and publish one velocity per bin over ZeroMQ."""
     from decoder_runtime.sources import SourceError
     from decoder_runtime.sources.lsl import LSLSource
 
+    warm = warm_settings(keep_warm, warm_lead_us, warm_passes, pin_cpus, realtime, freeze_gc, console)
     art, be, kind = _load(artifact, backend, device, threads)
     adapter = _adapter(art, adapt, adapt_tau)
     if not (lsl_name or lsl_type or source_id):
@@ -258,7 +277,8 @@ def serve(
     result, summary = _run(open_source, art, be, kind, device=device, zmq=zmq, allow_remote=allow_remote,
                            curve_secret=curve_secret, curve_clients=curve_clients, record=record,
                            deadline_ms=deadline_ms, on_gap=on_gap, bad_bin=bad_bin, late_ms=late_ms,
-                           max_bins=max_bins, command="serve", adapter=adapter, wait_subscriber_s=wait_subscriber)
+                           max_bins=max_bins, command="serve", adapter=adapter, warm=warm,
+                           wait_subscriber_s=wait_subscriber)
     _finish(result, summary, f"serve {art.model_id} ({kind}/{device})", summary_json)
 
 
@@ -280,6 +300,12 @@ def replay(
     max_bins: Annotated[Optional[int], typer.Option("--max-bins", help="Replay only the first N bins.")] = None,
     adapt: AdaptOpt = None,
     adapt_tau: AdaptTauOpt = None,
+    keep_warm: KeepWarmOpt = True,
+    warm_lead_us: WarmLeadOpt = 1000.0,
+    warm_passes: WarmPassesOpt = 1,
+    pin_cpus: PinCpusOpt = None,
+    realtime: RealtimeOpt = False,
+    freeze_gc: FreezeGcOpt = True,
     summary_json: SummaryOpt = None,
 ) -> None:
     """Decode a recorded session as if it were live; end with R², latency, misses, flags and pacing."""
@@ -293,6 +319,7 @@ def replay(
         console.print("[red]error:[/red] expected [FILE.nwb] ARTIFACT")
         raise typer.Exit(2)
     nwb, artifact = (None, paths[0]) if len(paths) == 1 else paths
+    warm = warm_settings(keep_warm, warm_lead_us, warm_passes, pin_cpus, realtime, freeze_gc, console)
     try:
         speed_v = parse_speed(speed)
     except ValueError as e:
@@ -351,7 +378,7 @@ def replay(
         result, summary = _run(open_source, art, be, kind, device=device, zmq=zmq, allow_remote=False,
                                curve_secret=None, curve_clients=None, record=record, deadline_ms=deadline_ms,
                                on_gap=on_gap, bad_bin=bad_bin, late_ms=late_ms, max_bins=session.n_bins,
-                               command="replay", adapter=adapter, summarize=summarize)
+                               command="replay", adapter=adapter, warm=warm, summarize=summarize)
     finally:
         if streamer is not None:
             try:

@@ -46,11 +46,13 @@ from decoder_runtime.publish import Publisher
 from decoder_runtime.record import STAGES, SessionRecorder
 from decoder_runtime.sources import Source
 from decoder_runtime.validate import Validator
+from decoder_runtime.warm import BinWaiter
 
 ARRIVAL, VALIDATED, ADAPTED, STEP_BEGIN, STEP_END, STEPPED, SENT, RECORDED = range(len(STAGES))
 _GAP, _DROPPED, _HELD, _RESET = int(Flag.GAP), int(Flag.DROPPED), int(Flag.HELD), int(Flag.RESET)
 _DEADLINE, _FALLBACK = int(Flag.DEADLINE), int(Flag.FALLBACK)
 _RESET_TOKEN = -1  # worker queue item meaning "reset the backend's state"
+_WARM_TOKEN = -2  # worker queue item meaning "dry step on a scratch state" (decoder_runtime.warm)
 
 
 class GapPolicy(str, Enum):
@@ -91,6 +93,12 @@ class _InlineStepper:
     def reset(self) -> None:
         self.backend.reset()
 
+    def warm(self) -> None:
+        """A step on a scratch state, if the backend has one (decoder_runtime.warm)."""
+        dry = getattr(self.backend, "dry_step", None)
+        if dry is not None:
+            dry()
+
     def step(self, k: int, x: np.ndarray, until_ns: int) -> np.ndarray:
         self.begin = time.monotonic_ns()
         y = self.backend.step(x)
@@ -125,6 +133,7 @@ class _ThreadedStepper:
         self.submitted = 0  # bins handed to the worker
         self.completed = 0  # bins the worker has finished (written by the worker only)
         self.withholding = False
+        self.warm_pending = False  # a dry step is queued or running on the worker
         self.begin = self.end = 0
         self.flags = 0
         self.error: BaseException | None = None
@@ -157,12 +166,17 @@ class _ThreadedStepper:
         self._ready.set()
         backend, todo, done, inp, out, times = self.backend, self._todo, self._done, self._in, self._out, self._times
         mono, slots = time.monotonic_ns, self.slots
+        dry = getattr(backend, "dry_step", None)
         while True:
             j = todo.get()
             if j is None:
                 return
             if j == _RESET_TOKEN:
                 backend.reset()
+                continue
+            if j == _WARM_TOKEN:
+                dry()
+                self.warm_pending = False
                 continue
             s = j % slots
             try:
@@ -178,6 +192,12 @@ class _ThreadedStepper:
 
     def reset(self) -> None:
         self._todo.put(_RESET_TOKEN)
+
+    def warm(self) -> None:
+        """Have the worker run a dry step on its own thread (its core's caches), if the backend has one."""
+        if hasattr(self.backend, "dry_step") and not self.warm_pending:  # never queue a second one
+            self.warm_pending = True
+            self._todo.put(_WARM_TOKEN)
 
     def step(self, k: int, x: np.ndarray, until_ns: int) -> np.ndarray | None:
         """Queue bin k and wait for its velocity until `until_ns`; None if it is not ready."""
@@ -238,6 +258,7 @@ class RunResult:
     period: float
     events: list[str] = field(default_factory=list)
     drops: int = 0
+    warm: dict = field(default_factory=dict)  # what the BinWaiter did (decoder_runtime.warm)
 
     @property
     def n_bins(self) -> int:
@@ -254,8 +275,10 @@ class Engine:
                  settings: EngineSettings | None = None, publisher: Publisher | None = None,
                  recorder: SessionRecorder | None = None, adapter: Adapter | None = None,
                  fallback: WienerFallback | None = None, late_ms: float | None = None,
-                 bad_bin: str = "impute", on_event: Callable[[str], None] | None = None) -> None:
+                 bad_bin: str = "impute", on_event: Callable[[str], None] | None = None,
+                 waiter: BinWaiter | None = None) -> None:
         self.source = source
+        self.waiter = waiter or BinWaiter()  # how the loop waits for a bin: plain or keep-warm
         self.settings = settings or EngineSettings()
         self.period = source.period
         self.n_channels = source.n_channels
@@ -315,7 +338,7 @@ class Engine:
         max_bins = s.max_bins or math.inf
         deadline_ns = 0 if s.deadline_ms is None else int(s.deadline_ms * 1e6 - s.reserve_us * 1e3)
         reset_on_gap = s.on_gap is GapPolicy.RESET
-        source, validator, adapter, stepper = self.source, self.validator, self.adapter, self._stepper
+        source, validator, adapter, stepper, waiter = self.source, self.validator, self.adapter, self._stepper, self.waiter
         fallback, publisher, recorder, pack = self.fallback, self.publisher, self.recorder, self.packer.pack
         mono = time.monotonic_ns
         last_vx = last_vy = 0.0
@@ -328,11 +351,12 @@ class Engine:
             validator.reset()
             if fallback is not None:
                 fallback.reset()
+            waiter.start(self)  # before the worker starts: it inherits pinning and priority
             stepper.start()
             source.start()
             while n < max_bins and not stop.is_set():
-                # 1. take a bin
-                got = source.pull(s.poll_s)
+                # 1. take a bin (the waiter may warm the path up just before it is due)
+                got = waiter.pull(s.poll_s)
                 t_arr = mono()
                 if got is None:
                     if source.finished:
@@ -391,6 +415,7 @@ class Engine:
                 self.flags[n] = flags
                 self.vel[n] = last_vx, last_vy = vx, vy
                 self.t_src[n] = t_src
+                waiter.took(t_arr, flags)
                 n += 1
                 if n == next_break:
                     self._between_bins(n)
@@ -398,10 +423,12 @@ class Engine:
         finally:
             sys.setswitchinterval(switch)
             stepper.finish(timeout_s=5.0)
+            waiter.stop()
             self._between_bins(n)
         return RunResult(stamps=self.stamps[:n], flags=self.flags[:n], velocity=self.vel[:n],
                          model_vel=self.model_vel[:n], t_src=self.t_src[:n], period=self.period,
-                         events=list(self.events), drops=0 if publisher is None else publisher.drops)
+                         events=list(self.events), drops=0 if publisher is None else publisher.drops,
+                         warm=waiter.summary())
 
 
 def _pct(x: np.ndarray) -> dict:
@@ -445,4 +472,5 @@ def summarize(result: RunResult) -> dict:
         "flags": flag_counts,
         "publish_drops": result.drops,
         "events": len(result.events),
+        "warm": result.warm,
     }
