@@ -55,6 +55,8 @@ def write_outputs(results: dict, raw: dict, out: Path) -> list[Path]:
                                     lambda r: f"{r['run']} · {r['backend']}/{r['device']}: {r['stage']}")
     figs += plots.distribution_plot(results.get("e2e") or [], raw, out, "e2e", "LSL push → ZeroMQ receive",
                                     lambda r: f"{r['measure']} · {r['backend']}/{r['device']}")
+    figs += plots.distribution_plot([r for r in results.get("realpace") or [] if r["measure"] != MODEL_STEP], raw, out,
+                                    "realpace", "real pace (40 Hz) vs max speed", lambda r: f"{r['run']}: {r['measure']}")
     return [report.write_json(results, out), report.write_raw(raw, out), report.write_markdown(results, figs, out), *figs]
 
 
@@ -75,6 +77,9 @@ def bench(
     runtime: bool = typer.Option(True, "--runtime/--no-runtime", help="`replay --speed max`: throughput and the runtime's own work per stage"),
     runtime_model: str = typer.Option("lstm", help="model that the runtime and end-to-end runs serve"),
     runtime_backend: str = typer.Option(None, help="backend for the runtime and end-to-end runs (default: the model's fastest step)"),
+    realpace: bool = typer.Option(True, "--realpace/--no-realpace", help="the runtime at 40 Hz beside max speed (keep-warm off/on), serve beside a bare LSL → ZeroMQ relay"),
+    realpace_bins: int = typer.Option(2_000, min=10, help="measured bins per real-pace variant (40 Hz: 25 ms each)"),
+    realpace_rounds: int = typer.Option(2, min=1, help="rounds the real-pace variants alternate in"),
     scaling: bool = typer.Option(True, "--scaling/--no-scaling", help="channel-count and width sweeps"),
     scaling_model: str = typer.Option("lstm", help="model swept for scaling"),
     scaling_backend: str = typer.Option(None, help="backend for the sweeps (default: the model's fastest)"),
@@ -93,11 +98,13 @@ def bench(
         scaling_backend=scaling_backend, scaling_device=scaling_device, scaling_bins=scaling_bins,
         channels=_ints(channels, "channels"), widths=_ints(widths, "widths"), e2e=e2e, e2e_bins=e2e_bins,
         runtime=runtime, runtime_model=runtime_model, runtime_backend=runtime_backend, command=_command_line(),
+        realpace=realpace, realpace_bins=realpace_bins, realpace_rounds=realpace_rounds,
     )
     if quick:
         cfg.models = cfg.models or ["lstm"]
         cfg.bins, cfg.warmup, cfg.round_size = min(cfg.bins, 500), min(cfg.warmup, 50), min(cfg.round_size, 100)
         cfg.scaling_bins, cfg.e2e_bins = min(cfg.scaling_bins, 300), min(cfg.e2e_bins, 300)
+        cfg.realpace_bins, cfg.realpace_rounds = min(cfg.realpace_bins, 200), 1
         cfg.channels, cfg.widths = [c for c in cfg.channels if c <= 1024], cfg.widths[:2]
     if not cfg.untrained and not cfg.artifacts:
         raise typer.BadParameter("--no-untrained needs at least one --artifact")

@@ -24,6 +24,10 @@ SECTION_TITLES = {
     "scaling_width": "Scaling: step latency vs model width (µs)",
     "runtime_overhead": "The runtime per bin, stage by stage, from the engine's stamps (µs; own work = whole bin − model step)",
     "e2e": "End to end: LSL push → ZeroMQ receive (µs)",
+    "realpace": "Real pace: the runtime at 40 Hz beside max speed, alternated in one run (µs; × ref = this / the "
+                "max-speed run with the same step mode)",
+    "realpace_e2e": "Real pace end to end: LSL push → ZeroMQ receive at 40 Hz, serve beside a bare relay with no model "
+                    "(µs; × ref = this / the relay)",
 }
 # Each section's descriptive columns, in the order tables show them.
 SECTION_FIELDS = {
@@ -32,6 +36,8 @@ SECTION_FIELDS = {
     "scaling_width": ("model", "backend", "device", "width"),
     "runtime_overhead": ("run", "model", "backend", "device", "stage"),
     "e2e": ("model", "backend", "device", "measure"),
+    "realpace": ("run", "measure", "× ref p50 / p99"),
+    "realpace_e2e": ("run", "measure", "× ref p50 / p99"),
 }
 # Sections where 1 / mean latency (bins per second, back to back) means something.
 THROUGHPUT_SECTIONS = ("step", "scaling_channels", "scaling_width")
@@ -131,7 +137,8 @@ def target_rows(results: dict) -> list[dict]:
         if row is None:
             return
         v = row["summary"][stat]
-        shown = str(v) if stat.startswith("over_") else f"{fmt_us(v)} µs"
+        shown = (str(v) if stat.startswith("over_") or stat == "count" else f"{v:.2f}×" if stat == "ratio"
+                 else f"{fmt_us(v)} µs")
         out.append({"target": target, "variant": row["name"], "measured": shown, "met": v <= limit})
 
     for model in dict.fromkeys(r["model"] for r in step):
@@ -150,12 +157,36 @@ def target_rows(results: dict) -> list[dict]:
     for r in results.get("runtime_overhead") or []:
         if r["stage"] == OWN_WORK:
             add(f"runtime's own work p99 ≤ 20 µs ({r['run']})", r, "p99", 20.0)
+    realpace_targets(results, add)
     for r in results.get("e2e") or []:
         if r["measure"] == PUSH_TO_RECEIVE:
             add("end to end LSL → ZeroMQ p99 ≤ 2 ms", r, "p99", 2000.0)
             add("end to end p99 ≤ 1.2 ms (DESIGN, LSTM on CPU)", r, "p99", 1200.0)
             add(f"zero {bin_us / 1e3:g} ms misses end to end", r, miss, 0)
     return out
+
+
+def realpace_targets(results: dict, add) -> None:
+    """Issue 17's targets: 40 Hz p50 ≤ 1.5× max speed, own work p99 ≤ 50 µs, serve p99 ≤ 1.15× the bare relay."""
+    for r in results.get("realpace") or []:
+        if "keep-warm on" not in r["run"]:
+            continue
+        if r["measure"] == "arrival → sent":
+            add(f"{r['run']}: arrival → sent p50 ≤ 1.5× max speed", {**r, "summary": {"ratio": r["x_ref_p50"]}},
+                "ratio", 1.5)
+        elif r["measure"] == OWN_WORK:
+            add(f"{r['run']}: runtime's own work p99 ≤ 50 µs", r, "p99", 50.0)
+    for r in results.get("realpace_e2e") or []:
+        if r["measure"] == PUSH_TO_RECEIVE and "x_ref_p99" in r:
+            add(f"{r['run']}: end to end p99 ≤ 1.15× bare relay", {**r, "summary": {"ratio": r["x_ref_p99"]}},
+                "ratio", 1.15)
+    runs = results.get("realpace_runs") or {}
+    for label, info in runs.items():
+        if "keep-warm on" in label and "deadline_misses" in info:
+            off = runs.get(label.replace("keep-warm on", "keep-warm off"), {})
+            add(f"{label}: no more deadline misses than keep-warm off ({off.get('deadline_misses', '?')})",
+                {"name": f"realpace/{label}", "summary": {"count": info["deadline_misses"]}}, "count",
+                off.get("deadline_misses", 0))
 
 
 # --- files -------------------------------------------------------------------------------

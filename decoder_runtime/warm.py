@@ -193,8 +193,8 @@ class BinWaiter:
 
     def __init__(self, settings: WarmSettings | None = None) -> None:
         self.settings = settings or WarmSettings.off()
-        self.counts = {"warm_passes": 0, "spun_to_bin": 0, "blocked_after_spin": 0, "overlapped": 0,
-                       "skipped_no_time": 0}
+        self.counts = {"warm_passes": 0, "spun_to_bin": 0, "blocked_after_spin": 0, "blocked_after_warm": 0,
+                       "overlapped": 0, "skipped_no_time": 0}
         self.warm_ns = np.zeros(0, dtype=np.int64)
         self._engine: Engine | None = None
         self._predictor: ArrivalPredictor | None = None
@@ -272,12 +272,12 @@ class BinWaiter:
                 self.counts["overlapped"] += 1
                 return got
         spin_end = due + int(s.spin_us * 1e3)
-        while mono() < spin_end:
+        while s.spin_us and mono() < spin_end:
             got = source.pull(0.0)
             if got is not None:
                 self.counts["spun_to_bin"] += 1
                 return got
-        self.counts["blocked_after_spin"] += 1
+        self.counts["blocked_after_spin" if s.spin_us else "blocked_after_warm"] += 1
         return source.pull(timeout_s)
 
     def took(self, t_arr_ns: int, flags: int) -> None:

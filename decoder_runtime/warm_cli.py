@@ -17,6 +17,9 @@ WarmLeadOpt = Annotated[float, typer.Option(
     "--warm-lead-us", help="How long before a bin's predicted arrival the warm pass starts (us).")]
 WarmPassesOpt = Annotated[int, typer.Option(
     "--warm-passes", help="Warm passes per bin at most, back to back while each still ends before the predicted bin.")]
+WarmSpinOpt = Annotated[float, typer.Option(
+    "--warm-spin-us", help="After the warm pass, poll for the bin without sleeping until this long past its predicted "
+                           "arrival (0: block in the source's own wait).")]
 PinCpusOpt = Annotated[Optional[str], typer.Option(
     "--pin-cpus", help="Pin the runtime's loop and worker to these cores, e.g. 1 or 0,1 (default: not pinned).")]
 RealtimeOpt = Annotated[bool, typer.Option(
@@ -26,11 +29,11 @@ FreezeGcOpt = Annotated[bool, typer.Option(
     help="Keep Python's cyclic collector out of the loop (gc.freeze after setup, collect between bins only).")]
 
 
-def warm_settings(keep_warm: bool, lead_us: float, passes: int, pin_cpus: str | None, realtime: bool, freeze_gc: bool,
+def warm_settings(keep_warm: bool, lead_us: float, passes: int, spin_us: float, pin_cpus: str | None, realtime: bool, freeze_gc: bool,
                   console: Console) -> WarmSettings:
     """WarmSettings from the options, or a one-line error and exit code 2."""
     try:
-        return WarmSettings(keep_warm=keep_warm, lead_us=lead_us, passes=passes, pin_cpus=parse_cpus(pin_cpus), realtime=realtime,
+        return WarmSettings(keep_warm=keep_warm, lead_us=lead_us, passes=passes, spin_us=spin_us, pin_cpus=parse_cpus(pin_cpus), realtime=realtime,
                             freeze_gc=freeze_gc)
     except ValueError as e:
         console.print(f"[red]error:[/red] {e}")

@@ -68,7 +68,7 @@ def test_bench_cli_smoke(tmp_path) -> None:
     _register()
     res = CliRunner().invoke(app, [
         "bench", "--models", "lstm", "--backends", "torch", "--devices", "cpu", "--bins", "300", "--warmup", "20",
-        "--round", "100", "--no-e2e", "--no-runtime", "--scaling-bins", "100", "--channels", "96,300", "--widths", "32,64",
+        "--round", "100", "--no-e2e", "--no-runtime", "--no-realpace", "--scaling-bins", "100", "--channels", "96,300", "--widths", "32,64",
         "--out", str(out),
     ])
     assert res.exit_code == 0, res.output
@@ -104,7 +104,7 @@ def test_bench_cli_runtime_and_end_to_end(tmp_path) -> None:
     _register()
     res = CliRunner().invoke(app, [
         "bench", "--models", "lstm", "--backends", "torch", "--devices", "cpu", "--bins", "200", "--warmup", "20",
-        "--round", "100", "--no-scaling", "--e2e-bins", "100", "--out", str(out),
+        "--round", "100", "--no-scaling", "--e2e-bins", "100", "--no-realpace", "--out", str(out),
     ])
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
@@ -121,3 +121,32 @@ def test_bench_cli_runtime_and_end_to_end(tmp_path) -> None:
         assert raw[r["name"]].size == r["summary"]["n"] > 0
     assert measures["push → receive"]["summary"]["n"] == 100
     assert (out / "e2e.png").is_file() and (out / "runtime_overhead.png").is_file()
+
+
+@pytest.mark.slow
+def test_bench_cli_real_pace_section(tmp_path) -> None:
+    """40 Hz replays beside max speed, and serve beside the bare relay, each with a ratio to its reference."""
+    out = tmp_path / "bench"
+    _register()
+    res = CliRunner().invoke(app, [
+        "bench", "--models", "lstm", "--backends", "numba", "--devices", "cpu", "--bins", "100", "--warmup", "20",
+        "--round", "50", "--no-scaling", "--no-e2e", "--no-runtime", "--realpace-bins", "40", "--realpace-rounds", "1",
+        "--out", str(out),
+    ])
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "results.json").read_text())
+    assert not results["skipped"], results["skipped"]
+    from benchmarks.realpace import E2E_RUNS, REPLAY_RUNS
+
+    assert {r["run"] for r in results["realpace"]} == {r.label for r in REPLAY_RUNS}
+    assert {r["run"] for r in results["realpace_e2e"]} == {r.label for r in E2E_RUNS}
+    for r in results["realpace"] + results["realpace_e2e"]:
+        assert r["summary"]["n"] == 40
+        is_ref = r["× ref p50 / p99"] == "ref"
+        assert is_ref != ("x_ref_p50" in r)
+        if not is_ref:
+            assert r["x_ref_p50"] > 0 and r["x_ref_p99"] > 0
+    runs = results["realpace_runs"]
+    assert all(info["lost"] == 0 for label, info in runs.items() if "lost" in info)
+    assert runs["40 Hz, inline step, keep-warm on"]["warm"][0]["keep_warm"] is True
+    assert "Real pace" in (out / "report.md").read_text()
