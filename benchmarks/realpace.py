@@ -95,8 +95,6 @@ def _ratio_rows(section: str, measured: dict[tuple[str, str], np.ndarray], refs:
 def realpace_section(art, counts: np.ndarray, bin_width: float, work_dir: Path, *, backend: str, device: str,
                      threads: int, bins: int, rounds: int, deadlines, log: Log) -> dict:
     """Every run of REPLAY_RUNS and E2E_RUNS, `rounds` times alternated, `bins` measured bins each in all."""
-    from decoder_runtime.record import STAGES, read_record
-
     per_round = max(bins // rounds, 1) + SETTLE_BINS
     replay: dict[tuple[str, str], list] = {}
     ends: dict[tuple[str, str], list] = {}

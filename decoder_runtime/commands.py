@@ -32,8 +32,8 @@ from decoder_runtime.messages import flag_names
 from decoder_runtime.publish import DEFAULT_ADDR, Publisher, connect_subscriber, is_loopback
 from decoder_runtime.validate import BadBinPolicy
 from decoder_runtime.warm import BinWaiter, WarmError, WarmSettings, apply_process
-from decoder_runtime.warm_cli import (FreezeGcOpt, KeepWarmOpt, PinCpusOpt, RealtimeOpt, WarmLeadOpt, WarmPassesOpt,
-                                     WarmSpinOpt,                                      warm_settings)
+from decoder_runtime.warm_cli import (FreezeGcOpt, KeepWarmOpt, PinCpusOpt, RealtimeOpt, WarmLeadOpt, WarmSpinOpt,
+                                     warm_settings)
 
 console = Console(stderr=True)
 
@@ -249,8 +249,7 @@ def serve(
     adapt_tau: AdaptTauOpt = None,
     keep_warm: KeepWarmOpt = True,
     warm_lead_us: WarmLeadOpt = 1000.0,
-    warm_passes: WarmPassesOpt = 1,
-    warm_spin_us: WarmSpinOpt = 3000.0,
+    warm_spin_us: WarmSpinOpt = None,
     pin_cpus: PinCpusOpt = None,
     realtime: RealtimeOpt = False,
     freeze_gc: FreezeGcOpt = True,
@@ -260,7 +259,7 @@ def serve(
     from decoder_runtime.sources import SourceError
     from decoder_runtime.sources.lsl import LSLSource
 
-    warm = warm_settings(keep_warm, warm_lead_us, warm_passes, warm_spin_us, pin_cpus, realtime, freeze_gc, console)
+    warm = warm_settings(keep_warm, warm_lead_us, warm_spin_us, pin_cpus, realtime, freeze_gc, console)
     art, be, kind = _load(artifact, backend, device, threads)
     adapter = _adapter(art, adapt, adapt_tau)
     if not (lsl_name or lsl_type or source_id):
@@ -303,8 +302,7 @@ def replay(
     adapt_tau: AdaptTauOpt = None,
     keep_warm: KeepWarmOpt = True,
     warm_lead_us: WarmLeadOpt = 1000.0,
-    warm_passes: WarmPassesOpt = 1,
-    warm_spin_us: WarmSpinOpt = 3000.0,
+    warm_spin_us: WarmSpinOpt = None,
     pin_cpus: PinCpusOpt = None,
     realtime: RealtimeOpt = False,
     freeze_gc: FreezeGcOpt = True,
@@ -321,7 +319,7 @@ def replay(
         console.print("[red]error:[/red] expected [FILE.nwb] ARTIFACT")
         raise typer.Exit(2)
     nwb, artifact = (None, paths[0]) if len(paths) == 1 else paths
-    warm = warm_settings(keep_warm, warm_lead_us, warm_passes, warm_spin_us, pin_cpus, realtime, freeze_gc, console)
+    warm = warm_settings(keep_warm, warm_lead_us, warm_spin_us, pin_cpus, realtime, freeze_gc, console)
     try:
         speed_v = parse_speed(speed)
     except ValueError as e:

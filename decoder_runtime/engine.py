@@ -21,6 +21,10 @@ back, or its timestamps jumped), `reset` (default) starts the model and fallback
 initial state, as at the start of a session, since a state that skipped real time describes
 a moment that has passed; `keep` carries the state over the gap unchanged.
 
+Waiting for a bin (`waiter`, decoder_runtime.warm.BinWaiter) is the one hook between bins that
+shapes latency: at real pace it runs a dry pass of the path just before the next bin is due.
+It never touches the live state; the engine only calls it where it would have pulled.
+
 Idle and periodic work (flushing the record, draining events, growing the log) happens
 between bins: after a bin's message is out and before the next bin is taken, or while the
 source has nothing to give.

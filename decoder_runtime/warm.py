@@ -18,8 +18,11 @@ next bin -- does this:
    message through a scratch ZeroMQ socket (inproc, no peer: the same pyzmq/libzmq code,
    nothing on the wire). The adapter and the recorder are not warmed: their work mutates
    state (running statistics, the record) and measures at a few us anyway.
-3. Then it polls the source without sleeping (`pull(0)`) until the bin arrives, so the core
-   stays awake and warm; past `spin_us` after the prediction it falls back to a blocking pull.
+3. Then it waits for the bin. A replay is polled without sleeping (`pull(0)`, up to `spin_us`
+   past the prediction; its pacer spins the last 1 ms anyway). An LSL inlet is waited on in
+   liblsl (blocking pull) by default: the sample reaches the inlet through liblsl's own
+   receive thread, and on a 2-core machine a spinning loop starves that thread (measured:
+   push -> receive p50 4.1 ms spinning vs 0.75 ms blocking, same run, load ~20).
 
 The prediction: bin k is expected at `offset + k * P`, with P the source's arrival period
 (replay: bin width / speed; LSL: the bin width) and `offset` the smallest `t_arr - k * P`
@@ -58,6 +61,7 @@ if TYPE_CHECKING:
     from decoder_runtime.sources import Pulled, Source
 
 WINDOW = 40  # bins over which the earliest arrival phase is taken (1 s at 40 Hz)
+SPIN_US = 3000.0  # default poll past the prediction for a replay (its own pacer spins anyway)
 GC_EVERY = 40  # bins between young-generation collections when the collector is off in the loop
 _GAP = int(Flag.GAP)
 
@@ -78,8 +82,7 @@ class WarmSettings:
 
     keep_warm: bool = True  # warm pass + spin before each predicted bin
     lead_us: float = 1000.0  # start the warm pass this long before the predicted arrival
-    passes: int = 1  # at most this many warm passes per bin, back to back, while time is left
-    spin_us: float = 3000.0  # keep polling this long past the prediction before blocking again
+    spin_us: float | None = None  # poll this long past the prediction (None: 3 ms for a replay, 0 for LSL)
     pin_cpus: tuple[int, ...] | None = None  # pin the runtime (loop and worker) to these cores
     realtime: bool = False  # SCHED_FIFO for the runtime's threads
     realtime_priority: int = 10
@@ -88,9 +91,7 @@ class WarmSettings:
     def __post_init__(self) -> None:
         if not 0 < self.lead_us < 1e6:
             raise ValueError(f"lead_us must be in (0, 1e6) us, got {self.lead_us}")
-        if not 1 <= self.passes <= 1000:
-            raise ValueError(f"passes must be in [1, 1000], got {self.passes}")
-        if not 0 <= self.spin_us < 1e6:
+        if self.spin_us is not None and not 0 <= self.spin_us < 1e6:
             raise ValueError(f"spin_us must be in [0, 1e6) us, got {self.spin_us}")
         if self.pin_cpus is not None:
             self.pin_cpus = tuple(int(c) for c in self.pin_cpus)
@@ -106,7 +107,7 @@ class WarmSettings:
         return cls(keep_warm=False, freeze_gc=False)
 
     def describe(self) -> dict:
-        return {"keep_warm": self.keep_warm, "lead_us": self.lead_us, "passes": self.passes, "spin_us": self.spin_us,
+        return {"keep_warm": self.keep_warm, "lead_us": self.lead_us, "spin_us": self.spin_us,
                 "pin_cpus": list(self.pin_cpus) if self.pin_cpus else None, "realtime": self.realtime,
                 "freeze_gc": self.freeze_gc}
 
@@ -199,7 +200,8 @@ class BinWaiter:
         self._engine: Engine | None = None
         self._predictor: ArrivalPredictor | None = None
         self._k = 0
-        self._pass_ns = [0, 0]  # duration of the last first pass and of the last repeated pass
+        self._pass_ns = 0  # duration of the last warm pass
+        self._spin_ns = 0
         self._gc_was_enabled = False
         self._scratch_sock = None
 
@@ -210,6 +212,8 @@ class BinWaiter:
         self._k = 0
         period = _arrival_period_s(engine.source)
         self._predictor = ArrivalPredictor(period * 1e9) if s.keep_warm and period else None
+        spin_us = s.spin_us if s.spin_us is not None else SPIN_US if hasattr(engine.source, "pacer") else 0.0
+        self._spin_ns = int(spin_us * 1e3)
         if self._predictor is not None:
             self._scratch_validator = Validator(engine.n_channels, engine.period, engine.validator.fill,
                                                 engine.validator.policy)
@@ -260,24 +264,22 @@ class BinWaiter:
                 return got
             if mono() < due - int(s.lead_us * 1e3):  # the poll timeout ended the wait, not the lead
                 return None
-        for i in range(s.passes):
-            # bounded: a pass starts only if one as long as the last ends before the predicted bin
-            if due - mono() < self._pass_ns[i > 0]:
-                if i == 0:
-                    self.counts["skipped_no_time"] += 1
-                break
-            self._warm_pass(i > 0)
-            got = source.pull(0.0)
-            if got is not None:
-                self.counts["overlapped"] += 1
-                return got
-        spin_end = due + int(s.spin_us * 1e3)
-        while s.spin_us and mono() < spin_end:
+        # bounded: the pass starts only if one as long as the last ends before the predicted bin
+        if due - mono() < self._pass_ns:
+            self.counts["skipped_no_time"] += 1
+            return source.pull(timeout_s)
+        self._warm_pass()
+        got = source.pull(0.0)
+        if got is not None:
+            self.counts["overlapped"] += 1
+            return got
+        spin_end = due + self._spin_ns
+        while self._spin_ns and mono() < spin_end:
             got = source.pull(0.0)
             if got is not None:
                 self.counts["spun_to_bin"] += 1
                 return got
-        self.counts["blocked_after_spin" if s.spin_us else "blocked_after_warm"] += 1
+        self.counts["blocked_after_spin" if self._spin_ns else "blocked_after_warm"] += 1
         return source.pull(timeout_s)
 
     def took(self, t_arr_ns: int, flags: int) -> None:
@@ -291,7 +293,7 @@ class BinWaiter:
         if self.settings.freeze_gc and self._k % GC_EVERY == 0:
             gc.collect(0)
 
-    def _warm_pass(self, again: bool) -> None:
+    def _warm_pass(self) -> None:
         """Run every stage that can run without effect: dry step, scratch validate, pack, scratch send."""
         t0 = time.monotonic_ns()
         e = self._engine
@@ -305,9 +307,9 @@ class BinWaiter:
             self._scratch_sock.send(TOPIC, zmq.SNDMORE | zmq.NOBLOCK)
             self._scratch_sock.send(body, zmq.NOBLOCK)
         took = time.monotonic_ns() - t0
-        # what the next first (or repeated) pass is expected to take; a pass the OS preempted
-        # says nothing about the next, so one estimate never exceeds half the lead
-        self._pass_ns[again] = min(took, int(self.settings.lead_us * 500))
+        # what the next pass is expected to take; a pass the OS preempted says nothing about
+        # the next, so the estimate never exceeds half the lead
+        self._pass_ns = min(took, int(self.settings.lead_us * 500))
         i = self.counts["warm_passes"]
         if i < self._log.shape[0]:
             self._log[i] = took

@@ -11,15 +11,14 @@ from decoder_runtime.warm import WarmSettings, parse_cpus
 KeepWarmOpt = Annotated[bool, typer.Option(
     "--keep-warm/--no-keep-warm",
     help="At real pace, run a dry pass of the bin's path (model step on a scratch state, validate, pack, send to "
-         "nowhere) --warm-lead-us before each predicted bin, then poll for it without sleeping. Costs one core "
-         "spinning ~1 ms per bin (~4% of a core at 40 Hz).")]
+         "nowhere) --warm-lead-us before each predicted bin (a replay then polls for it without sleeping). Costs one "
+         "core busy ~1 ms per bin (~4% of a core at 40 Hz).")]
 WarmLeadOpt = Annotated[float, typer.Option(
     "--warm-lead-us", help="How long before a bin's predicted arrival the warm pass starts (us).")]
-WarmPassesOpt = Annotated[int, typer.Option(
-    "--warm-passes", help="Warm passes per bin at most, back to back while each still ends before the predicted bin.")]
-WarmSpinOpt = Annotated[float, typer.Option(
+WarmSpinOpt = Annotated[Optional[float], typer.Option(
     "--warm-spin-us", help="After the warm pass, poll for the bin without sleeping until this long past its predicted "
-                           "arrival (0: block in the source's own wait).")]
+                           "arrival (0: block in the source's own wait; default: 3000 for a replay, 0 for LSL, whose "
+                           "receive thread a spinning loop would starve).")]
 PinCpusOpt = Annotated[Optional[str], typer.Option(
     "--pin-cpus", help="Pin the runtime's loop and worker to these cores, e.g. 1 or 0,1 (default: not pinned).")]
 RealtimeOpt = Annotated[bool, typer.Option(
@@ -29,11 +28,11 @@ FreezeGcOpt = Annotated[bool, typer.Option(
     help="Keep Python's cyclic collector out of the loop (gc.freeze after setup, collect between bins only).")]
 
 
-def warm_settings(keep_warm: bool, lead_us: float, passes: int, spin_us: float, pin_cpus: str | None, realtime: bool, freeze_gc: bool,
+def warm_settings(keep_warm: bool, lead_us: float, spin_us: float | None, pin_cpus: str | None, realtime: bool, freeze_gc: bool,
                   console: Console) -> WarmSettings:
     """WarmSettings from the options, or a one-line error and exit code 2."""
     try:
-        return WarmSettings(keep_warm=keep_warm, lead_us=lead_us, passes=passes, spin_us=spin_us, pin_cpus=parse_cpus(pin_cpus), realtime=realtime,
+        return WarmSettings(keep_warm=keep_warm, lead_us=lead_us, spin_us=spin_us, pin_cpus=parse_cpus(pin_cpus), realtime=realtime,
                             freeze_gc=freeze_gc)
     except ValueError as e:
         console.print(f"[red]error:[/red] {e}")

@@ -63,16 +63,19 @@ def test_interleaving_keeps_each_stream_continuous(tmp_path, session) -> None:
     assert all(t.host_ns.shape == (230,) and (t.host_ns > 0).all() for t in timed)
 
 
+def _bench(out, backend: str, bins: int, *options: str) -> dict:
+    """`spikestream bench` on the lstm, one backend, the CPU, small sizes; its results.json."""
+    _register()
+    res = CliRunner().invoke(app, ["bench", "--models", "lstm", "--backends", backend, "--devices", "cpu",
+                                   "--bins", str(bins), "--warmup", "20", "--round", "100", *options, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    return json.loads((out / "results.json").read_text())
+
+
 def test_bench_cli_smoke(tmp_path) -> None:
     out = tmp_path / "bench"
-    _register()
-    res = CliRunner().invoke(app, [
-        "bench", "--models", "lstm", "--backends", "torch", "--devices", "cpu", "--bins", "300", "--warmup", "20",
-        "--round", "100", "--no-e2e", "--no-runtime", "--no-realpace", "--scaling-bins", "100", "--channels", "96,300", "--widths", "32,64",
-        "--out", str(out),
-    ])
-    assert res.exit_code == 0, res.output
-    results = json.loads((out / "results.json").read_text())
+    results = _bench(out, "torch", 300, "--no-e2e", "--no-runtime", "--no-realpace", "--scaling-bins", "100",
+                     "--channels", "96,300", "--widths", "32,64")
     raw = load_raw(out / "latencies.npz")
     assert {"config", "machine", "notes", "warnings", "step", "scaling_channels", "scaling_width"} <= results.keys()
     assert results["machine"]["cpu"] and "torch" in results["machine"]["libraries"]
@@ -101,13 +104,7 @@ def test_bench_cli_smoke(tmp_path) -> None:
 def test_bench_cli_runtime_and_end_to_end(tmp_path) -> None:
     """replay --speed max and LSL outlet -> serve -> ZeroMQ, as separate processes, give well-formed rows."""
     out = tmp_path / "bench"
-    _register()
-    res = CliRunner().invoke(app, [
-        "bench", "--models", "lstm", "--backends", "torch", "--devices", "cpu", "--bins", "200", "--warmup", "20",
-        "--round", "100", "--no-scaling", "--e2e-bins", "100", "--no-realpace", "--out", str(out),
-    ])
-    assert res.exit_code == 0, res.output
-    results = json.loads((out / "results.json").read_text())
+    results = _bench(out, "torch", 200, "--no-scaling", "--e2e-bins", "100", "--no-realpace")
     raw = load_raw(out / "latencies.npz")
     assert not results["skipped"], results["skipped"]
     assert {r["run"] for r in results["replay"]} == {r["run"] for r in results["runtime_overhead"]} - {
@@ -127,14 +124,8 @@ def test_bench_cli_runtime_and_end_to_end(tmp_path) -> None:
 def test_bench_cli_real_pace_section(tmp_path) -> None:
     """40 Hz replays beside max speed, and serve beside the bare relay, each with a ratio to its reference."""
     out = tmp_path / "bench"
-    _register()
-    res = CliRunner().invoke(app, [
-        "bench", "--models", "lstm", "--backends", "numba", "--devices", "cpu", "--bins", "100", "--warmup", "20",
-        "--round", "50", "--no-scaling", "--no-e2e", "--no-runtime", "--realpace-bins", "40", "--realpace-rounds", "1",
-        "--out", str(out),
-    ])
-    assert res.exit_code == 0, res.output
-    results = json.loads((out / "results.json").read_text())
+    results = _bench(out, "numba", 100, "--no-scaling", "--no-e2e", "--no-runtime", "--realpace-bins", "40",
+                     "--realpace-rounds", "1")
     assert not results["skipped"], results["skipped"]
     from benchmarks.realpace import E2E_RUNS, REPLAY_RUNS
 

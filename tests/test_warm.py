@@ -78,7 +78,7 @@ def test_keep_warm_decodes_a_replay_exactly_as_without(tmp_path_factory, deadlin
     art = h.loaded(h.artifact(base))
     gc_before = gc.isenabled()
     cold, _ = _run(art, session, WarmSettings.off(), deadline_ms, publish=False)
-    warm, waiter = _run(art, session, WarmSettings(lead_us=1000, passes=3), deadline_ms, publish=True)
+    warm, waiter = _run(art, session, WarmSettings(lead_us=1000), deadline_ms, publish=True)
     assert gc.isenabled() == gc_before  # the collector is back as it was
     assert cold.n_bins == warm.n_bins == N_BINS
     np.testing.assert_array_equal(warm.model_vel, cold.model_vel)  # the model saw the same bins in the same state
@@ -129,7 +129,7 @@ def test_a_replay_honours_the_pull_timeout():
 
 
 def test_settings_are_validated():
-    for bad in ({"lead_us": 0}, {"lead_us": -5}, {"passes": 0}, {"spin_us": -1}, {"pin_cpus": (-1,)},
+    for bad in ({"lead_us": 0}, {"lead_us": -5}, {"spin_us": -1}, {"pin_cpus": (-1,)},
                 {"realtime_priority": 1000}):
         with pytest.raises(ValueError):
             WarmSettings(**bad)
@@ -145,7 +145,7 @@ def test_bad_keep_warm_options_are_one_line_errors(tmp_path):
     app.command("replay")(replay)
     app.command("serve")(serve)
     runner = CliRunner()
-    for args in (["--warm-lead-us", "0"], ["--pin-cpus", "x"], ["--warm-passes", "0"]):
+    for args in (["--warm-lead-us", "0"], ["--pin-cpus", "x"], ["--warm-spin-us", "-1"]):
         res = runner.invoke(app, ["replay", str(tmp_path), *args])
         assert res.exit_code == 2, res.output
         assert "error" in res.output and "Traceback" not in res.output
