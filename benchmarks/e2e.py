@@ -43,16 +43,21 @@ class E2EResult:
 
 
 def serve_argv(artifact: Path, stream: str, addr: str, backend: str, device: str, threads: int, max_bins: int,
-               record: Path) -> list[str]:
+               record: Path, extra: tuple[str, ...] = ()) -> list[str]:
     return procs.cli("serve", str(artifact), "--lsl-name", stream, "--zmq", addr, "--backend", backend,
                      "--device", device, "--threads", str(threads), "--max-bins", str(max_bins),
-                     "--record", str(record), "--wait-subscriber", "120", "--resolve-timeout", "120")
+                     "--record", str(record), "--wait-subscriber", "120", "--resolve-timeout", "120", *extra)
 
 
 def run_e2e(artifact: Path, counts: np.ndarray, bin_width: float, work_dir: Path, *, backend: str, device: str,
-            threads: int = 1, settle_bins: int = 40, start_timeout: float = 180.0) -> E2EResult:
-    """Stream `counts` through a real serve process: the first `settle_bins` settle, the rest are measured."""
-    tag = f"{backend}-{device}".replace(":", "")
+            threads: int = 1, settle_bins: int = 40, start_timeout: float = 180.0, extra: tuple[str, ...] = (),
+            relay: bool = False, tag: str = "") -> E2EResult:
+    """Stream `counts` through a real serve process: the first `settle_bins` settle, the rest are measured.
+
+    `extra` are more serve options; `relay` runs the bare LSL → ZeroMQ relay
+    (benchmarks.bare_relay, no model, no record) in serve's place: the floor.
+    """
+    tag = f"{'relay' if relay else backend}-{device}{tag}".replace(":", "")
     counts_file = work_dir / f"e2e_{tag}_counts.npy"
     np.save(counts_file, np.ascontiguousarray(counts, dtype=np.float32))
     stream = f"spikestream-bench-{uuid.uuid4().hex[:8]}"
@@ -64,7 +69,9 @@ def run_e2e(artifact: Path, counts: np.ndarray, bin_width: float, work_dir: Path
     sub.setsockopt(zmq.RCVHWM, 0)  # never drop here: any loss must be the runtime's, not the bench's
     sub.connect(addr)
     serve_log, outlet_log = work_dir / f"e2e_{tag}_serve.log", work_dir / f"e2e_{tag}_outlet.log"
-    serve = procs.start(serve_argv(artifact, stream, addr, backend, device, threads, n, record), serve_log)
+    argv = ([sys.executable, "-m", "benchmarks.bare_relay", "--name", stream, "--zmq", addr, "--max-bins", str(n)]
+            if relay else serve_argv(artifact, stream, addr, backend, device, threads, n, record, extra))
+    serve = procs.start(argv, serve_log)
     outlet = procs.start([sys.executable, "-m", "benchmarks.lsl_outlet", "--counts", str(counts_file),
                           "--name", stream, "--bin-width", str(bin_width), "--wait-consumer", str(start_timeout)],
                          outlet_log, capture_stdout=True)

@@ -212,9 +212,9 @@ runtime_phases() {
     echo "runtime and end-to-end runs serve lstm on $backend (fastest $DEVICE step measured in phase bench)"
     # --bins 1: the token step section these phases need to start; its rows are not merged.
     phase runtime 150 spikestream_bench runtime --model lstm --backend "$backend" --runtime-backend "$backend" \
-        --bins 1 --warmup 10 --no-e2e --replay-speed max,1 --runtime-bins "$REPLAY_BINS" --replay-seconds "$REPLAY_S"
+        --bins 1 --warmup 10 --no-e2e --no-realpace --replay-speed max,1 --runtime-bins "$REPLAY_BINS" --replay-seconds "$REPLAY_S"
     phase e2e 80 spikestream_bench e2e --model lstm --backend "$backend" --runtime-backend "$backend" --bins 1 \
-        --warmup 10 --no-runtime --e2e-bins "$E2E_BINS"
+        --warmup 10 --no-runtime --no-realpace --e2e-bins "$E2E_BINS"
 }
 
 run_check() {
@@ -228,9 +228,9 @@ run_check() {
     phase versions 40 versions
     phase tests 150 gpu_tests
     phase bench 130 spikestream_bench bench --model lstm,transformer,rvq,mamba --backend "$STEP_BACKENDS" \
-        --bins "$BINS" --warmup "$WARMUP" --no-runtime --no-e2e
+        --bins "$BINS" --warmup "$WARMUP" --no-runtime --no-e2e --no-realpace
     phase paced 100 spikestream_bench paced --model lstm,transformer,rvq,mamba --backend "$STEP_BACKENDS" \
-        --bins "$PACED_BINS" --warmup "$WARMUP" --pace-hz 40 --no-runtime --no-e2e
+        --bins "$PACED_BINS" --warmup "$WARMUP" --pace-hz 40 --no-runtime --no-e2e --no-realpace
     runtime_phases
     echo "== phases done in $(( $(date +%s) - START ))s; failed or not run: ${FAILED[*]:-none}"
     (( ${#FAILED[@]} == 0 ))

@@ -25,6 +25,10 @@ SECTION_TITLES = {
     "scaling_width": "Scaling: step latency vs model width (µs)",
     "runtime_overhead": "The runtime per bin, stage by stage, from the engine's stamps (µs; own work = arrival → sent − model step, as decoder_runtime.timing defines it)",
     "e2e": "End to end: LSL push → ZeroMQ receive (µs)",
+    "realpace": "Real pace: the runtime at 40 Hz beside max speed, alternated in one run (µs; × ref = this / the "
+                "max-speed run with the same step mode)",
+    "realpace_e2e": "Real pace end to end: LSL push → ZeroMQ receive at 40 Hz, serve beside a bare relay with no model "
+                    "(µs; × ref = this / the relay)",
 }
 # Each section's descriptive columns, in the order tables show them.
 SECTION_FIELDS = {
@@ -34,6 +38,8 @@ SECTION_FIELDS = {
     "scaling_width": ("model", "backend", "device", "width"),
     "runtime_overhead": ("run", "model", "backend", "device", "stage"),
     "e2e": ("model", "backend", "device", "measure"),
+    "realpace": ("run", "measure", "× ref p50 / p99"),
+    "realpace_e2e": ("run", "measure", "× ref p50 / p99"),
 }
 # Sections where 1 / mean latency (bins per second, back to back) means something.
 THROUGHPUT_SECTIONS = ("step", "scaling_channels", "scaling_width")
@@ -138,7 +144,8 @@ def target_rows(results: dict) -> list[dict]:
         if row is None:
             return
         v = row["summary"][stat]
-        shown = str(v) if stat.startswith("over_") else f"{fmt_us(v)} µs"
+        shown = (str(v) if stat.startswith("over_") or stat == "count" else f"{v:.2f}×" if stat == "ratio"
+                 else f"{fmt_us(v)} µs")
         out.append({"target": target, "variant": row["name"], "measured": shown, "met": v <= limit})
 
     for model in dict.fromkeys(r["model"] for r in step):
@@ -160,6 +167,7 @@ def target_rows(results: dict) -> list[dict]:
         if r["stage"] == OWN_WORK:
             limit = 50.0 if r.get("real_pace") else 20.0
             add(f"runtime's own work p99 ≤ {limit:g} µs ({r['run']})", r, "p99", limit)
+    realpace_targets(results, add)
     for r in results.get("e2e") or []:
         if r["measure"] == PUSH_TO_RECEIVE:
             add("end to end LSL → ZeroMQ p99 ≤ 2 ms", r, "p99", 2000.0)
@@ -185,6 +193,29 @@ def _pace_targets(step: list[dict], paced: list[dict]) -> list[dict]:
                     "measured": f"{fmt_us(r['summary']['p50'])} vs {fmt_us(b['summary']['p50'])} µs ({slow:.2f}×)",
                     "met": slow <= PACED_SLOWDOWN})
     return out
+
+
+def realpace_targets(results: dict, add) -> None:
+    """Issue 17's targets: 40 Hz p50 ≤ 1.5× max speed, own work p99 ≤ 50 µs, serve p99 ≤ 1.15× the bare relay."""
+    for r in results.get("realpace") or []:
+        if "keep-warm on" not in r["run"]:
+            continue
+        if r["measure"] == "arrival → sent":
+            add(f"{r['run']}: arrival → sent p50 ≤ 1.5× max speed", {**r, "summary": {"ratio": r["x_ref_p50"]}},
+                "ratio", 1.5)
+        elif r["measure"] == OWN_WORK:
+            add(f"{r['run']}: runtime's own work p99 ≤ 50 µs", r, "p99", 50.0)
+    for r in results.get("realpace_e2e") or []:
+        if r["measure"] == PUSH_TO_RECEIVE and "x_ref_p99" in r:
+            add(f"{r['run']}: end to end p99 ≤ 1.15× bare relay", {**r, "summary": {"ratio": r["x_ref_p99"]}},
+                "ratio", 1.15)
+    runs = results.get("realpace_runs") or {}
+    for label, info in runs.items():
+        if "keep-warm on" in label and "deadline_misses" in info:
+            off = runs.get(label.replace("keep-warm on", "keep-warm off"), {})
+            add(f"{label}: no more deadline misses than keep-warm off ({off.get('deadline_misses', '?')})",
+                {"name": f"realpace/{label}", "summary": {"count": info["deadline_misses"]}}, "count",
+                off.get("deadline_misses", 0))
 
 
 # --- files -------------------------------------------------------------------------------
@@ -302,4 +333,6 @@ def write_outputs(results: dict, raw: dict, out: Path) -> list[Path]:
                                     lambda r: f"{r['run']} · {r['backend']}/{r['device']}: {r['stage']}")
     figs += plots.distribution_plot(results.get("e2e") or [], raw, out, "e2e", "LSL push → ZeroMQ receive",
                                     lambda r: f"{r['measure']} · {r['backend']}/{r['device']}")
+    figs += plots.distribution_plot([r for r in results.get("realpace") or [] if r["measure"] != MODEL_STEP], raw, out,
+                                    "realpace", "real pace (40 Hz) vs max speed", lambda r: f"{r['run']}: {r['measure']}")
     return [write_json(results, out), write_raw(raw, out), write_markdown(results, figs, out), *figs]

@@ -36,19 +36,22 @@ def throughput(stamps: np.ndarray, stages: tuple[str, ...]) -> dict:
 
 
 def replay_run(artifact: Path, work_dir: Path, *, backend: str, device: str, threads: int, max_bins: int,
-               deadline_ms: float, speed: str = "max", timeout_s: float = 600.0) -> dict:
+               deadline_ms: float, speed: str = "max", timeout_s: float = 600.0, extra: tuple[str, ...] = (),
+               tag: str = "") -> dict:
     """Run `spikestream replay ARTIFACT --speed SPEED` (default session) with a record; returns its stamps.
 
     Publishing to a loopback port with no subscriber and recording to NWB are both on, so
     every stage of the loop does its real work. `deadline_ms` 0 runs the step inline (no
     worker-thread hand-off), otherwise on the engine's worker thread under that bound.
+    `speed` "1" replays at real pace instead; `extra` are more replay options (e.g.
+    `--no-keep-warm`), `tag` names the run's files apart.
     """
     from decoder_runtime.record import STAGES, read_record
 
-    tag = f"{backend}-{device}-s{speed}-d{deadline_ms:g}".replace(":", "")
+    tag = f"{backend}-{device}-s{speed}-d{deadline_ms:g}{tag}".replace(":", "")
     record, log, summary = (work_dir / f"replay_{tag}.nwb", work_dir / f"replay_{tag}.log",
                             work_dir / f"replay_{tag}.json")
-    argv = procs.cli("replay", str(artifact), "--speed", speed, "--zmq", f"tcp://127.0.0.1:{procs.free_port()}",
+    argv = procs.cli("replay", str(artifact), "--speed", speed, *extra, "--zmq", f"tcp://127.0.0.1:{procs.free_port()}",
                      "--record", str(record), "--backend", backend, "--device", device, "--threads", str(threads),
                      "--max-bins", str(max_bins), "--deadline-ms", f"{deadline_ms:g}", "--summary-json", str(summary))
     proc = procs.start(argv, log)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import artifacts as arts
-from benchmarks import BenchError, e2e, runtime, scaling
+from benchmarks import BenchError, e2e, realpace, runtime, scaling
 from benchmarks.machine import load_warning, machine_info
 from benchmarks.stats import DEFAULT_DEADLINES_US, ratio, summarize
 from benchmarks.step_latency import (Runner, Timing, Variant, build_runner, pin_threads, run_interleaved, run_paced,
@@ -58,6 +58,9 @@ class BenchConfig:
     runtime_bins: int | None = None  # bins per replay run (None: --bins, at most the session's)
     replay_seconds: float = 60.0  # a replay at a finite speed is cut to the bins that fit in this long
     reference_backend: str = REFERENCE_BACKEND
+    realpace: bool = True  # the runtime at 40 Hz beside max speed, and serve beside a bare relay
+    realpace_bins: int = 2_000  # measured bins per real-pace variant (all rounds together)
+    realpace_rounds: int = 2  # variants alternate this many times
     command: str = "spikestream bench"
 
     def resolved_devices(self) -> list[str]:
@@ -352,10 +355,30 @@ def run_bench(cfg: BenchConfig, work_dir: Path, log: Log = lambda s: None) -> tu
                 if isinstance(val, Measured):
                     raw.update(val.raw)
                     results["skipped"] += val.skipped
+    if cfg.realpace:
+        _realpace(results, raw, built, step, session, work_dir, cfg, log)
     end_warning = load_warning()
     if end_warning:
         results["warnings"].append("at the end: " + end_warning)
     return results, raw
+
+
+def _realpace(results: dict, raw: dict, built: list[arts.BenchArtifact], step: Measured, session, work_dir: Path,
+              cfg: BenchConfig, log: Log) -> None:
+    """The real-pace section (benchmarks.realpace) on the runtime's artifact and backend, on the CPU."""
+    target = _runtime_artifact(built, session, cfg)
+    device = "cpu" if "cpu" in cfg.resolved_devices() else cfg.resolved_devices()[0]
+    backend = None if target is None else _runtime_backend(step, target, device, cfg)
+    if backend is None:
+        results["skipped"].append({"name": "realpace", "reason": f"no benchmarked {cfg.runtime_model!r} artifact "
+                                   f"with the session's {session.n_channels} channels ran on {device}"})
+        return
+    rp = realpace.realpace_section(target, session.counts, session.bin_width, work_dir, backend=backend, device=device,
+                                   threads=cfg.threads, bins=cfg.realpace_bins, rounds=cfg.realpace_rounds,
+                                   deadlines=cfg.deadlines_us, log=log)
+    raw.update(rp.pop("raw"))
+    results["skipped"] += rp.pop("skipped")
+    results.update(rp)
 
 
 def _jsonable(obj) -> dict:

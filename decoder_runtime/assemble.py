@@ -27,6 +27,7 @@ from decoder_runtime.core import BinCore
 from decoder_runtime.engine import Engine, Output, RunResult
 from decoder_runtime.stepping import InlineStepper, ThreadedStepper
 from decoder_runtime.validate import Validator
+from decoder_runtime.warm import BinWaiter, WarmError, apply_process
 
 if TYPE_CHECKING:
     from decoder_runtime.backends.base import Backend
@@ -199,6 +200,7 @@ class Runtime:
                 f"{f'{d.deadline_ms:g} ms' if d.bounded else 'none'}; fallback: {s['fallback']}; adapt: {s['adapt']}; "
                 f"publishing on {self.config.output.zmq}"
                 + (f" and LSL stream {self.config.output.lsl_out!r}" if self.config.output.lsl_out else "")
+                + f"; keep-warm {'on' if self.config.warm.keep_warm else 'off'}"
                 + (f"; recording to {self.config.output.record}" if self.config.output.record else ""))
 
 
@@ -243,7 +245,12 @@ def open_runtime(cfg: RuntimeConfig, *, command: str, session: "BinnedSession | 
             stack.callback(lambda: recorder.close(runtime.summary if runtime else None,
                                                   runtime.engine.events if runtime else []))
         status = _status(outputs, artifact, kind, cfg, settings, adapter)
+        try:
+            for note in apply_process(cfg.warm):  # pinning and priority, inherited by the step's worker
+                say(note)
+        except WarmError as e:
+            raise AssemblyError(str(e)) from None
         engine = Engine(source, core, cfg, model_id=artifact.model_id, outputs=outputs, recorder=recorder,
-                        on_event=on_event, between_bins=status)
+                        on_event=on_event, between_bins=status, waiter=BinWaiter(cfg.warm))
         runtime = Runtime(cfg, artifact, kind, engine, settings, session)
         yield runtime

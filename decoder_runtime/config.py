@@ -18,6 +18,8 @@ TOML layout (every table and key optional; defaults below):
     [deadline]   deadline_ms (10; 0 = step inline, unbounded), reserve_us, max_backlog
     [output]     zmq ("tcp://127.0.0.1:5555" | "none"), allow_remote, curve_secret, curve_clients,
                  record (NWB path), lsl_out (LSL stream name), wait_subscriber_s
+    [warm]       keep_warm (true), lead_us (1000), spin_us, pin_cpus ([1] or [0, 1]), realtime, freeze_gc
+                 (decoder_runtime.warm: how the loop waits for the next bin at real pace)
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from decoder_runtime.warm import WarmSettings
 
 DEFAULT_ZMQ = "tcp://127.0.0.1:5555"
 
@@ -161,6 +165,7 @@ class RuntimeConfig:
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     deadline: DeadlineConfig = field(default_factory=DeadlineConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    warm: WarmSettings = field(default_factory=WarmSettings)
     max_bins: int | None = None
     poll_s: float = 0.1  # longest single wait on the source: bounds how fast a stop is noticed
     flush_every: int = 40  # bins between record flushes and event drains (40 x 25 ms = 1 s)
@@ -208,7 +213,7 @@ class RuntimeConfig:
 
 
 _SECTIONS = {"source": SourceConfig, "model": ModelConfig, "validation": ValidationConfig, "adapt": AdaptConfig,
-             "deadline": DeadlineConfig, "output": OutputConfig}
+             "deadline": DeadlineConfig, "output": OutputConfig, "warm": WarmSettings}
 
 
 def _build(cls, data: dict[str, Any], where: str):
@@ -226,7 +231,9 @@ def _build(cls, data: dict[str, Any], where: str):
         raise ConfigError("model.artifact is required: the artifact folder to decode with")
     try:
         return cls(**kwargs)
-    except TypeError as e:
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
         raise ConfigError(f"[{where or 'config'}]: {e}") from None
 
 

@@ -14,7 +14,9 @@ its arrival; the core's stepper waits for the model only until then and otherwis
 fallback's velocity, flagged (decoder_runtime.stepping says how the model's state stays
 exact). Idle and periodic work (flushing the record, draining events, growing the log)
 happens between bins: after a bin's message is out and before the next bin is taken, or
-while the source has nothing to give.
+while the source has nothing to give. Waiting for a bin is the waiter's
+(decoder_runtime.warm.BinWaiter): at real pace it runs a dry pass of the bin's path just
+before the next bin is due, so the caches are warm when it comes.
 
 Engines are built by `decoder_runtime.assemble` from a `RuntimeConfig`, not by hand.
 """
@@ -36,6 +38,7 @@ from decoder_runtime.messages import MessagePacker
 from decoder_runtime.record import SessionRecorder
 from decoder_runtime.sources import Source
 from decoder_runtime.timing import ADAPTED, ARRIVAL, RECORDED, SENT, STAGES, STEPPED, VALIDATED, summarize
+from decoder_runtime.warm import BinWaiter
 
 
 class Output(Protocol):
@@ -56,6 +59,7 @@ class RunResult:
     period: float
     events: list[str] = field(default_factory=list)
     drops: int = 0
+    warm: dict = field(default_factory=dict)  # what the BinWaiter did (decoder_runtime.warm)
 
     @property
     def n_bins(self) -> int:
@@ -63,7 +67,8 @@ class RunResult:
 
     def summary(self) -> dict:
         """decoder_runtime.timing's summary of this run: latencies, misses, flag counts."""
-        return summarize(self.stamps, self.flags, self.period, drops=self.drops, events=len(self.events))
+        return {**summarize(self.stamps, self.flags, self.period, drops=self.drops, events=len(self.events)),
+                "warm": self.warm}
 
 
 class Engine:
@@ -72,8 +77,9 @@ class Engine:
     def __init__(self, source: Source, core: BinCore, config: RuntimeConfig, *, model_id: str,
                  outputs: Sequence[Output] = (), recorder: SessionRecorder | None = None,
                  on_event: Callable[[str], None] | None = None,
-                 between_bins: Callable[[int], None] | None = None) -> None:
+                 between_bins: Callable[[int], None] | None = None, waiter: BinWaiter | None = None) -> None:
         self.source = source
+        self.waiter = waiter or BinWaiter()  # how the loop waits for a bin: plain or keep-warm
         self.core = core
         self.config = config
         self.period = source.period
@@ -130,17 +136,19 @@ class Engine:
         d = cfg.deadline
         deadline_ns = int(d.deadline_ms * 1e6 - d.reserve_us * 1e3) if d.bounded else 0
         source, core, outputs, recorder, pack = self.source, self.core, self.outputs, self.recorder, self.packer.pack
+        waiter = self.waiter
         mono = time.monotonic_ns
         n = 0
         next_break = cfg.flush_every
         switch = sys.getswitchinterval()
         try:
             sys.setswitchinterval(2e-4)  # a waiting loop gets the GIL back within 0.2 ms, not 5 ms
+            waiter.start(self)  # before the worker starts: it inherits pinning and priority
             core.start()
             source.start()
             while n < max_bins and not stop.is_set():
-                # 1. take a bin
-                got = source.pull(cfg.poll_s)
+                # 1. take a bin (the waiter may warm the path up just before it is due)
+                got = waiter.pull(cfg.poll_s)
                 t_arr = mono()
                 if got is None:
                     if source.finished:
@@ -168,15 +176,17 @@ class Engine:
                 self.flags[n] = flags
                 self.vel[n] = vx, vy
                 self.t_src[n] = t_src
+                waiter.took(t_arr, flags)
                 n += 1
                 if n == next_break:
                     self._between_bins(n)
                     next_break = n + cfg.flush_every
         finally:
             sys.setswitchinterval(switch)
+            waiter.stop()
             core.finish(timeout_s=5.0)
             self._between_bins(n)
         drops = sum(getattr(o, "drops", 0) for o in outputs)
         return RunResult(stamps=self.stamps[:n], flags=self.flags[:n], velocity=self.vel[:n],
                          model_vel=self.model_vel[:n], t_src=self.t_src[:n], period=self.period,
-                         events=list(self.events), drops=drops)
+                         events=list(self.events), drops=drops, warm=waiter.summary())

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 _DROPPED, _RESET = int(Flag.DROPPED), int(Flag.RESET)
 _RESET_TOKEN = -1  # worker queue item meaning "reset the backend's state"
+_WARM_TOKEN = -2  # worker queue item meaning "dry step on a scratch state" (decoder_runtime.warm)
 
 
 class InlineStepper:
@@ -44,6 +45,12 @@ class InlineStepper:
 
     def reset(self) -> None:
         self.backend.reset()
+
+    def warm(self) -> None:
+        """A step on a scratch state, if the backend has one (decoder_runtime.warm)."""
+        dry = getattr(self.backend, "dry_step", None)
+        if dry is not None:
+            dry()
 
     def step(self, k: int, x: np.ndarray, until_ns: int) -> np.ndarray:
         self.begin = time.monotonic_ns()
@@ -79,6 +86,7 @@ class ThreadedStepper:
         self.submitted = 0  # bins handed to the worker
         self.completed = 0  # bins the worker has finished (written by the worker only)
         self.withholding = False
+        self.warm_pending = False  # a dry step is queued or running on the worker
         self.begin = self.end = 0
         self.flags = 0
         self.error: BaseException | None = None
@@ -111,12 +119,17 @@ class ThreadedStepper:
         self._ready.set()
         backend, todo, done, inp, out, times = self.backend, self._todo, self._done, self._in, self._out, self._times
         mono, slots = time.monotonic_ns, self.slots
+        dry = getattr(backend, "dry_step", None)
         while True:
             j = todo.get()
             if j is None:
                 return
             if j == _RESET_TOKEN:
                 backend.reset()
+                continue
+            if j == _WARM_TOKEN:
+                dry()
+                self.warm_pending = False
                 continue
             s = j % slots
             try:
@@ -132,6 +145,12 @@ class ThreadedStepper:
 
     def reset(self) -> None:
         self._todo.put(_RESET_TOKEN)
+
+    def warm(self) -> None:
+        """Have the worker run a dry step on its own thread (its core's caches), if the backend has one."""
+        if hasattr(self.backend, "dry_step") and not self.warm_pending:  # never queue a second one
+            self.warm_pending = True
+            self._todo.put(_WARM_TOKEN)
 
     def step(self, k: int, x: np.ndarray, until_ns: int) -> np.ndarray | None:
         """Queue bin k and wait for its velocity until `until_ns`; None if it is not ready."""

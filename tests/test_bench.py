@@ -90,7 +90,7 @@ def test_bench_cli_paced(tmp_path) -> None:
     _register()
     res = CliRunner().invoke(app, [
         "bench", "--model", "lstm", "--backend", "torch,torchscript", "--device", "cpu", "--bins", "16",
-        "--warmup", "5", "--pace-hz", "80", "--no-e2e", "--no-runtime", "--no-scaling", "--out", str(out),
+        "--warmup", "5", "--pace-hz", "80", "--no-e2e", "--no-runtime", "--no-scaling", "--no-realpace", "--out", str(out),
     ])
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
@@ -105,18 +105,19 @@ def test_bench_cli_paced(tmp_path) -> None:
     assert sorted(p.name for p in out.glob("*.png")) == ["step_paced_cdf_cpu.png", "step_paced_over_time_cpu.png"]
     bad = CliRunner().invoke(app, ["bench", "--replay-speed", "max,fast,-1", "--no-e2e"])
     assert bad.exit_code != 0 and "speed must be a positive number" in bad.output
+def _bench(out, backend: str, bins: int, *options: str) -> dict:
+    """`spikestream bench` on the lstm, one backend, the CPU, small sizes; its results.json."""
+    _register()
+    res = CliRunner().invoke(app, ["bench", "--model", "lstm", "--backend", backend, "--device", "cpu",
+                                   "--bins", str(bins), "--warmup", "20", "--round", "100", *options, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    return json.loads((out / "results.json").read_text())
 
 
 def test_bench_cli_smoke(tmp_path) -> None:
     out = tmp_path / "bench"
-    _register()
-    res = CliRunner().invoke(app, [
-        "bench", "--model", "lstm", "--backend", "torch", "--device", "cpu", "--bins", "300", "--warmup", "20",
-        "--round", "100", "--no-e2e", "--no-runtime", "--scaling-bins", "100", "--channels", "96,300", "--widths", "32,64",
-        "--out", str(out),
-    ])
-    assert res.exit_code == 0, res.output
-    results = json.loads((out / "results.json").read_text())
+    results = _bench(out, "torch", 300, "--no-e2e", "--no-runtime", "--no-realpace", "--scaling-bins", "100",
+                     "--channels", "96,300", "--widths", "32,64")
     raw = load_raw(out / "latencies.npz")
     assert {"config", "machine", "notes", "warnings", "step", "scaling_channels", "scaling_width"} <= results.keys()
     assert results["machine"]["cpu"] and "torch" in results["machine"]["libraries"]
@@ -145,14 +146,8 @@ def test_bench_cli_smoke(tmp_path) -> None:
 def test_bench_cli_runtime_and_end_to_end(tmp_path) -> None:
     """replay --speed max and LSL outlet -> serve -> ZeroMQ, as separate processes, give well-formed rows."""
     out = tmp_path / "bench"
-    _register()
-    res = CliRunner().invoke(app, [
-        "bench", "--model", "lstm", "--backend", "torch", "--device", "cpu", "--bins", "200", "--warmup", "20",
-        "--round", "100", "--no-scaling", "--e2e-bins", "100", "--replay-speed", "max,1", "--replay-seconds", "2",
-        "--out", str(out),
-    ])
-    assert res.exit_code == 0, res.output
-    results = json.loads((out / "results.json").read_text())
+    results = _bench(out, "torch", 200, "--no-scaling", "--e2e-bins", "100", "--no-realpace", "--replay-speed", "max,1",
+                     "--replay-seconds", "2")
     raw = load_raw(out / "latencies.npz")
     assert not results["skipped"], results["skipped"]
     assert {r["run"] for r in results["replay"]} == {r["run"] for r in results["runtime_overhead"]} - {
@@ -188,3 +183,26 @@ def test_cuda_event_timings_get_their_own_table() -> None:
     [by_events, _] = tables["Per-bin step latency, by CUDA events around the same window (µs)"]
     assert by_events[:4] == ["lstm", "cudagraph", "cuda", "45.0"]  # p50 of 0.9..90 µs
     assert tables["Per-bin step latency (µs)"][0][3] == "50.0"
+
+
+@pytest.mark.slow
+def test_bench_cli_real_pace_section(tmp_path) -> None:
+    """40 Hz replays beside max speed, and serve beside the bare relay, each with a ratio to its reference."""
+    out = tmp_path / "bench"
+    results = _bench(out, "numba", 100, "--no-scaling", "--no-e2e", "--no-runtime", "--realpace-bins", "40",
+                     "--realpace-rounds", "1")
+    assert not results["skipped"], results["skipped"]
+    from benchmarks.realpace import E2E_RUNS, REPLAY_RUNS
+
+    assert {r["run"] for r in results["realpace"]} == {r.label for r in REPLAY_RUNS}
+    assert {r["run"] for r in results["realpace_e2e"]} == {r.label for r in E2E_RUNS}
+    for r in results["realpace"] + results["realpace_e2e"]:
+        assert r["summary"]["n"] == 40
+        is_ref = r["× ref p50 / p99"] == "ref"
+        assert is_ref != ("x_ref_p50" in r)
+        if not is_ref:
+            assert r["x_ref_p50"] > 0 and r["x_ref_p99"] > 0
+    runs = results["realpace_runs"]
+    assert all(info["lost"] == 0 for label, info in runs.items() if "lost" in info)
+    assert runs["40 Hz, inline step, keep-warm on"]["warm"][0]["keep_warm"] is True
+    assert "Real pace" in (out / "report.md").read_text()

@@ -239,10 +239,10 @@ def test_a_burst_of_late_bins_is_flagged_and_decoded_in_order(env):
 def test_stop_ends_the_run_between_bins(env):
     s, art, _ = env
     stop = threading.Event()
-    threading.Timer(0.3, stop.set).start()
+    threading.Timer(1.5, stop.set).start()  # after the runtime is built (artifact checks, backend warm-up)
     t0 = time.monotonic()
     r = h.run(art, ReplaySource.from_session(s, speed=1.0), stop=stop)
-    assert 0 < r.n_bins < s.n_bins and time.monotonic() - t0 < 5.0
+    assert 0 < r.n_bins < s.n_bins and time.monotonic() - t0 < 8.0
     assert np.isfinite(r.velocity).all()
 
 

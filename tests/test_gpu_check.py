@@ -22,7 +22,7 @@ from spikestream.cli import _register, app
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 BENCH = ["bench", "--model", "lstm", "--backend", "torch", "--device", "cpu", "--warmup", "10", "--no-scaling",
-         "--no-runtime", "--no-e2e"]
+         "--no-runtime", "--no-e2e", "--no-realpace"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the dry run is what happens without CUDA")

@@ -79,6 +79,9 @@ class NumbaLSTMBackend:
                    np.zeros(4 * hidden, dtype=np.float32), np.zeros(head[0].shape[0], dtype=np.float32))
         # Argument tuples built once; per bin only the call itself remains.
         self._args = (self._x, norm[0], norm[1], w, b, self._h, self._c, *head, norm[2], norm[3], *scratch, self._y)
+        # dry_step's: the same weights, input and scratch buffers, but its own state and output.
+        self._dry_h, self._dry_c, self._dry_y = np.zeros_like(self._h), np.zeros_like(self._c), np.zeros_like(self._y)
+        self._dry_args = (*self._args[:5], self._dry_h, self._dry_c, *self._args[7:-1], self._dry_y)
         self._self_check(model, artifact.n_channels)
 
     def _self_check(self, model, n_channels: int) -> None:
@@ -101,6 +104,12 @@ class NumbaLSTMBackend:
     def reset(self) -> None:
         self._h[:] = self._init[0]
         self._c[:] = self._init[1]
+
+    def dry_step(self) -> None:
+        """The step on a copy of the state, output discarded: warms caches, changes nothing (decoder_runtime.warm)."""
+        np.copyto(self._dry_h, self._h)
+        np.copyto(self._dry_c, self._c)
+        self._step(*self._dry_args)
 
     def step(self, counts: np.ndarray) -> np.ndarray:
         self._x[:] = counts

@@ -47,6 +47,11 @@ class TorchBackend:
         self._state = self.model.init_state(1)
 
     @torch.inference_mode()
+    def dry_step(self) -> None:
+        """The step on a fresh initial state with the last counts, output discarded: warms caches only."""
+        self.model.step(self._x, self.model.init_state(1))
+
+    @torch.inference_mode()
     def step(self, counts: np.ndarray) -> np.ndarray:
         self._x.copy_(torch.from_numpy(np.asarray(counts, dtype=np.float32)).view(1, -1))
         y, self._state = self.model.step(self._x, self._state)

@@ -40,6 +40,7 @@ class TorchScriptBackend:
             raise ArtifactError(f"{f}: not a loadable TorchScript archive ({str(e).splitlines()[0]})") from None
         self._init = [torch.from_numpy(s).to(self._dev) for s in initial_state(artifact)]
         self._x = torch.zeros(1, artifact.n_channels, device=self._dev)
+        self._dry_state = tuple(s.clone() for s in self._init)  # dry_step's own copy: never the live state
         self.reset()
         for _ in range(WARMUP_STEPS):
             self.step(np.zeros(artifact.n_channels, dtype=np.float32))
@@ -47,6 +48,11 @@ class TorchScriptBackend:
 
     def reset(self) -> None:
         self._state = tuple(s.clone() for s in self._init)
+
+    @torch.no_grad()
+    def dry_step(self) -> None:
+        """The step on the initial state with the last counts, output discarded: warms caches only."""
+        self.module(self._x, *self._dry_state)
 
     @torch.no_grad()
     def step(self, counts: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ replay hand-made bins (including malformed ones) through exactly the path a sess
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Sequence
 
@@ -45,10 +46,14 @@ class ReplaySource:
         self.pacer.start()
 
     def pull(self, timeout_s: float) -> tuple[np.ndarray, float, float, int] | None:
-        """The next bin when it is due (the timeout is irrelevant: a bin is always due)."""
+        """The next bin when it is due; None (after sleeping `timeout_s`) if it is due later than that."""
         k = self._k
         if k >= self.n_bins:
             self.finished = True
+            return None
+        if self.pacer.paced and self.pacer.deadline_ns(k) - time.monotonic_ns() > timeout_s * 1e9:
+            if timeout_s > 0:  # a poll (timeout 0) returns at once: sleep(0) would yield the core
+                time.sleep(timeout_s)
             return None
         late = self.pacer.wait(k)
         self.lateness_ns[k] = late

@@ -76,6 +76,9 @@ def bench(
     replay_speed: str = typer.Option("max", help="comma-separated `replay --speed` values for the runtime runs, e.g. max,1"),
     runtime_bins: int = typer.Option(None, min=1, help="bins per replay run (default: --bins)"),
     replay_seconds: float = typer.Option(60.0, min=0.1, help="a replay at a finite --replay-speed runs at most this long (fewer bins)"),
+    realpace: bool = typer.Option(True, "--realpace/--no-realpace", help="the runtime at 40 Hz beside max speed (keep-warm off/on), serve beside a bare LSL → ZeroMQ relay"),
+    realpace_bins: int = typer.Option(2_000, min=10, help="measured bins per real-pace variant (40 Hz: 25 ms each)"),
+    realpace_rounds: int = typer.Option(2, min=1, help="rounds the real-pace variants alternate in"),
     scaling: bool = typer.Option(True, "--scaling/--no-scaling", help="channel-count and width sweeps"),
     scaling_model: str = typer.Option("lstm", help="model swept for scaling"),
     scaling_backend: str = typer.Option(None, help="backend for the sweeps (default: the model's fastest)"),
@@ -105,11 +108,13 @@ def bench(
         scaling_backend=scaling_backend, scaling_device=scaling_device, scaling_bins=scaling_bins,
         channels=_ints(channels, "channels"), widths=_ints(widths, "widths"), e2e=e2e, e2e_bins=e2e_bins,
         runtime=runtime, runtime_model=runtime_model, runtime_backend=runtime_backend, command=_command_line(),
+        realpace=realpace, realpace_bins=realpace_bins, realpace_rounds=realpace_rounds,
     )
     if quick:
         cfg.models = cfg.models or ["lstm"]
         cfg.bins, cfg.warmup, cfg.round_size = min(cfg.bins, 500), min(cfg.warmup, 50), min(cfg.round_size, 100)
         cfg.scaling_bins, cfg.e2e_bins = min(cfg.scaling_bins, 300), min(cfg.e2e_bins, 300)
+        cfg.realpace_bins, cfg.realpace_rounds = min(cfg.realpace_bins, 200), 1
         cfg.channels, cfg.widths = [c for c in cfg.channels if c <= 1024], cfg.widths[:2]
     if not cfg.untrained and not cfg.artifacts:
         raise typer.BadParameter("--no-untrained needs at least one --artifact")

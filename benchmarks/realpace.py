@@ -1,0 +1,141 @@
+"""Real pace: the runtime at 40 Hz beside the same runtime back to back, in one bench run.
+
+Back to back every stage runs warm; at one bin every 25 ms the caches (and, on a VM, the
+vCPU) go cold between bins, and a user pays for it (decoder_runtime.warm). This section
+measures both, alternated in rounds so that load from other work falls on every variant:
+
+- `replay` at `--speed max` and at `--speed 1` (40 Hz), with the model's step inline
+  (`--deadline-ms 0`) and on the worker thread (the default 10 ms deadline), at 40 Hz with
+  keep-warm off (`--no-keep-warm --no-freeze-gc`, the loop as it was) and on (the default);
+- end to end, LSL outlet → runtime → ZeroMQ subscriber (benchmarks.e2e): the bare relay with
+  no model (benchmarks.bare_relay, the floor on this machine), then `serve` with keep-warm
+  off and on.
+
+Every figure is reported beside its reference from the same run as a ratio ("× ref": this
+variant's p50 / p99 over the reference's): a 40 Hz replay over the max-speed replay of the
+same step mode, a `serve` over the bare relay.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import e2e, runtime
+from benchmarks.stats import summarize
+
+Log = Callable[[str], None]
+COLD = ("--no-keep-warm", "--no-freeze-gc")  # the loop before keep-warm
+ARRIVAL_TO_SENT = "arrival → sent"
+SETTLE_BINS = 40  # first bins of each round not measured (start-up, connections settling)
+RATIO = "× ref p50 / p99"
+
+
+@dataclass(frozen=True)
+class ReplayRun:
+    label: str
+    speed: str
+    deadline_ms: float
+    extra: tuple[str, ...] = ()
+    reference: str = ""  # label of the run this one is compared with ("" for a reference itself)
+
+
+@dataclass(frozen=True)
+class E2ERun:
+    label: str
+    extra: tuple[str, ...] = ()
+    relay: bool = False
+
+
+INLINE_MAX, WORKER_MAX = "max speed, inline step", "max speed, worker step (10 ms deadline)"
+REPLAY_RUNS = (
+    ReplayRun(INLINE_MAX, "max", 0.0),
+    ReplayRun("40 Hz, inline step, keep-warm off", "1", 0.0, COLD, INLINE_MAX),
+    ReplayRun("40 Hz, inline step, keep-warm on", "1", 0.0, (), INLINE_MAX),
+    ReplayRun(WORKER_MAX, "max", 10.0),
+    ReplayRun("40 Hz, worker step, keep-warm off", "1", 10.0, COLD, WORKER_MAX),
+    ReplayRun("40 Hz, worker step, keep-warm on", "1", 10.0, (), WORKER_MAX),
+)
+RELAY = "bare LSL → ZeroMQ relay, no model (floor)"
+E2E_RUNS = (
+    E2ERun(RELAY, relay=True),
+    E2ERun("serve, keep-warm off", COLD),
+    E2ERun("serve, keep-warm on"),
+    E2ERun("serve --deadline-ms 0, keep-warm on", ("--deadline-ms", "0")),
+)
+
+
+def _replay_latencies(stamps: np.ndarray, stages: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """arrival → sent, the runtime's own work and the model step, ns per bin."""
+    from decoder_runtime.engine import ARRIVAL, SENT
+
+    by_stage = runtime.stage_latencies(stamps, stages)
+    return {ARRIVAL_TO_SENT: stamps[:, SENT] - stamps[:, ARRIVAL], runtime.OWN_WORK: by_stage[runtime.OWN_WORK],
+            runtime.MODEL_STEP: by_stage[runtime.MODEL_STEP]}
+
+
+def _ratio_rows(section: str, measured: dict[tuple[str, str], np.ndarray], refs: dict[str, str], base: dict,
+                deadlines) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """One row per (run, measure) with its summary and, where it has a reference, the ratio to it."""
+    rows, raw = [], {}
+    summaries = {key: summarize(ns, deadlines) for key, ns in measured.items() if ns.size}
+    for (run, measure), s in summaries.items():
+        ref = summaries.get((refs.get(run, ""), measure))
+        name = f"{section}/{run}/{measure}"
+        rows.append({"name": name, "run": run, "measure": measure, **base, "summary": s,
+                     RATIO: (f"{s['p50'] / ref['p50']:.2f}× / {s['p99'] / ref['p99']:.2f}×" if ref
+                             else "ref" if run in refs.values() else "–"),
+                     **({"x_ref_p50": s["p50"] / ref["p50"], "x_ref_p99": s["p99"] / ref["p99"]} if ref else {})})
+        raw[name] = measured[(run, measure)]
+    return rows, raw
+
+
+def realpace_section(art, counts: np.ndarray, bin_width: float, work_dir: Path, *, backend: str, device: str,
+                     threads: int, bins: int, rounds: int, deadlines, log: Log) -> dict:
+    """Every run of REPLAY_RUNS and E2E_RUNS, `rounds` times alternated, `bins` measured bins each in all."""
+    per_round = max(bins // rounds, 1) + SETTLE_BINS
+    replay: dict[tuple[str, str], list] = {}
+    ends: dict[tuple[str, str], list] = {}
+    runs: dict[str, dict] = {}
+    skipped = []
+    base = {"model": art.label, "model_kind": art.model, "backend": backend, "device": device}
+    idx = np.arange(per_round) % counts.shape[0]
+    for r in range(rounds):
+        for run in REPLAY_RUNS:
+            log(f"real pace, round {r + 1}/{rounds}: replay {run.label}, {per_round:,} bins")
+            try:
+                got = runtime.replay_run(art.path, work_dir, backend=backend, device=device, threads=threads,
+                                         max_bins=per_round, deadline_ms=run.deadline_ms, speed=run.speed,
+                                         extra=run.extra, tag=f"-rp{REPLAY_RUNS.index(run)}")
+            except RuntimeError as e:
+                skipped.append({"name": f"realpace/{run.label}", "reason": str(e)})
+                continue
+            for measure, ns in _replay_latencies(got["stamps"][SETTLE_BINS:], got["stages"]).items():
+                replay.setdefault((run.label, measure), []).append(ns)
+            runs.setdefault(run.label, {"deadline_misses": 0, "warm": [], "pacing_p99_us": []})
+            runs[run.label]["deadline_misses"] += got["summary"]["deadline_misses"]
+            runs[run.label]["warm"].append(got["summary"].get("warm", {}))
+            runs[run.label]["pacing_p99_us"].append((got["summary"].get("pacing") or {}).get("p99_us"))
+        for run in E2E_RUNS:
+            log(f"real pace, round {r + 1}/{rounds}: end to end, {run.label}, {per_round:,} bins at 40 Hz")
+            try:
+                res = e2e.run_e2e(art.path, counts[idx], bin_width, work_dir, backend=backend, device=device,
+                                  threads=threads, settle_bins=SETTLE_BINS, extra=run.extra, relay=run.relay,
+                                  tag=f"-rp{E2E_RUNS.index(run)}")
+            except RuntimeError as e:
+                skipped.append({"name": f"realpace_e2e/{run.label}", "reason": str(e)})
+                continue
+            for measure in (e2e.PUSH_TO_RECEIVE, "runtime (lat_us)"):
+                ends.setdefault((run.label, measure), []).append(res.latency_ns[measure])
+            runs.setdefault(run.label, {"lost": 0, "flagged": {}})
+            runs[run.label]["lost"] += res.lost
+            for k, v in res.flagged.items():
+                runs[run.label]["flagged"][k] = runs[run.label]["flagged"].get(k, 0) + v
+    rows, raw = _ratio_rows("realpace", {k: np.concatenate(v) for k, v in replay.items()},
+                            {r.label: r.reference for r in REPLAY_RUNS if r.reference}, base, deadlines)
+    e2e_rows, e2e_raw = _ratio_rows("realpace_e2e", {k: np.concatenate(v) for k, v in ends.items()},
+                                    {r.label: RELAY for r in E2E_RUNS if not r.relay}, base, deadlines)
+    return {"realpace": rows, "realpace_e2e": e2e_rows, "realpace_runs": runs, "raw": {**raw, **e2e_raw},
+            "skipped": skipped}

@@ -1,0 +1,149 @@
+"""Keep-warm (decoder_runtime.warm): a warm pass never changes what is decoded, and its settings.
+
+Correctness only: whether keep-warm makes real pace faster is measured by `spikestream bench`
+(the real-pace section), never asserted here.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+import runtime_helpers as h
+from decoder_runtime.assemble import open_runtime
+from decoder_runtime.backends import make_backend
+from decoder_runtime.messages import Flag
+from decoder_runtime.sources.replay import ReplaySource
+from decoder_runtime.warm import ArrivalPredictor, WarmError, WarmSettings, apply_process, parse_cpus
+from export_helpers import bins, make_artifact, stream
+from models.artifact import load_artifact
+from spikestream.commands.runtime import replay, serve
+
+torch.set_num_threads(1)
+SPEED = 8.0  # 3.1 ms between bins: room for a 1 ms lead, and the test stays short
+N_BINS = 160
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return tmp_path_factory.mktemp("warm")
+
+
+@pytest.mark.parametrize("kind", ["numba", "onnx", "torch", "torchscript"])
+def test_dry_steps_between_bins_leave_every_output_unchanged(base, kind):
+    art = load_artifact(make_artifact(base, "lstm"))
+    counts = bins(base)[:200]
+    backend = make_backend(art, kind, "cpu", 1)
+    plain = stream(backend.step, counts)
+    backend.reset()
+
+    def step_after_dry(x):
+        backend.dry_step()
+        y = backend.step(x)
+        backend.dry_step()
+        return y
+
+    np.testing.assert_array_equal(stream(step_after_dry, counts), plain)
+
+
+def _run(art, session, warm: WarmSettings, deadline_ms: float | None, publish: bool) -> tuple:
+    """A replay through the assembled runtime with `warm` as its [warm] settings; (result, its waiter)."""
+    from dataclasses import replace
+
+    zmq = f"tcp://127.0.0.1:{h.free_port()}" if publish else "none"
+    cfg = replace(h.config(art.path, deadline_ms=deadline_ms or 0, zmq=zmq), warm=warm)
+    with open_runtime(cfg, command="test", source=ReplaySource.from_session(session, SPEED),
+                      backend=make_backend(art, "numba", "cpu", 1)) as rt:
+        result = rt.run()
+        rt.summary = result.summary()
+    return result, rt.engine.waiter
+
+
+@pytest.mark.parametrize("deadline_ms", [None, 200.0], ids=["inline", "worker"])
+def test_keep_warm_decodes_a_replay_exactly_as_without(tmp_path_factory, deadline_ms):
+    base = tmp_path_factory.getbasetemp() / "runtime"
+    base.mkdir(exist_ok=True)
+    session = h.session(base).slice(0, N_BINS)
+    art = h.loaded(h.artifact(base))
+    gc_before = gc.isenabled()
+    cold, _ = _run(art, session, WarmSettings.off(), deadline_ms, publish=False)
+    warm, waiter = _run(art, session, WarmSettings(lead_us=1000), deadline_ms, publish=True)
+    assert gc.isenabled() == gc_before  # the collector is back as it was
+    assert cold.n_bins == warm.n_bins == N_BINS
+    np.testing.assert_array_equal(warm.model_vel, cold.model_vel)  # the model saw the same bins in the same state
+    # a loaded host can make bins LATE or (worker) miss the deadline; elsewhere the sent velocity is the model's
+    timing = int(Flag.LATE | Flag.DEADLINE | Flag.FALLBACK)
+    assert not ((cold.flags | warm.flags) & ~timing).any()
+    on_time = ((cold.flags | warm.flags) & int(Flag.DEADLINE)) == 0
+    np.testing.assert_array_equal(warm.velocity[on_time], cold.velocity[on_time])
+    assert warm.warm["warm_passes"] > 0  # the passes really ran (how many depends on the host's load)
+    assert waiter.warm_ns.size == warm.warm["warm_passes"]
+    assert cold.warm["warm_passes"] == 0 and not cold.warm["keep_warm"]
+
+
+def _run_source(art, source) -> tuple:
+    with open_runtime(h.config(art.path, deadline_ms=0), command="test", source=source,
+                      backend=make_backend(art, "numba", "cpu", 1)) as rt:
+        return rt.run(), rt.engine.waiter
+
+
+def test_keep_warm_does_nothing_at_max_speed(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp() / "runtime"
+    base.mkdir(exist_ok=True)
+    art = h.loaded(h.artifact(base))
+    source = ReplaySource.from_session(h.session(base).slice(0, 50), None)
+    result, waiter = _run_source(art, source)
+    assert result.n_bins == 50 and waiter.counts["warm_passes"] == 0
+
+
+def test_arrival_prediction_takes_the_earliest_recent_phase_and_restarts_after_a_gap():
+    p = ArrivalPredictor(period_ns=25e6, window=4)
+    assert p.next_ns(0) is None
+    jitter = [300_000, 50_000, 900_000, 120_000]
+    for k, j in enumerate(jitter):
+        p.observe(k, 1_000_000_000 + k * 25_000_000 + j)
+    assert p.next_ns(4) == 1_000_000_000 + 4 * 25_000_000 + 50_000
+    p.observe(4, 1_000_000_000 + 4 * 25_000_000 + 400_000)  # the window slides: 300 us drops out, 50 us stays
+    assert p.next_ns(5) == 1_000_000_000 + 5 * 25_000_000 + 50_000
+    p.restart(5)  # a gap: the stream came back 2 s later
+    p.observe(5, 3_000_000_000)
+    assert p.next_ns(6) == 3_025_000_000
+
+
+def test_a_replay_honours_the_pull_timeout():
+    source = ReplaySource(np.ones((2, 3), np.float32), [0.025, 0.05], 0.025, speed=1.0)
+    source.start()
+    source.pull(0.0)  # bin 0 is due at once
+    t0 = time.monotonic()
+    assert source.pull(0.0) is None and time.monotonic() - t0 < 0.01  # a poll returns at once
+    got = source.pull(0.1)
+    assert got is not None and got[1] == 0.05
+
+
+def test_settings_are_validated():
+    for bad in ({"lead_us": 0}, {"lead_us": -5}, {"spin_us": -1}, {"pin_cpus": (-1,)},
+                {"realtime_priority": 1000}):
+        with pytest.raises(ValueError):
+            WarmSettings(**bad)
+    assert parse_cpus("0-2,5,1") == (0, 1, 2, 5) and parse_cpus("") is None
+    with pytest.raises(ValueError, match="cores must be"):
+        parse_cpus("one")
+    with pytest.raises(WarmError, match="cannot pin"):
+        apply_process(WarmSettings(pin_cpus=(max(os.sched_getaffinity(0)) + 64,)))
+
+
+def test_bad_keep_warm_options_are_one_line_errors(tmp_path):
+    app = typer.Typer()
+    app.command("replay")(replay)
+    app.command("serve")(serve)
+    runner = CliRunner()
+    for args in (["--warm-lead-us", "0"], ["--pin-cpus", "x"], ["--warm-spin-us", "-1"]):
+        res = runner.invoke(app, ["replay", str(tmp_path), *args])
+        assert res.exit_code == 2, res.output
+        assert "error" in res.output and "Traceback" not in res.output
