@@ -1,8 +1,6 @@
 """`spikestream simulate` and `spikestream info`: make a session file, and look inside one."""
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 from enum import Enum
 from pathlib import Path
@@ -11,6 +9,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from spikestream.commands.options import with_options
 
 # The library's defaults, written out so `--help` needs no heavy import
 # (tests/test_cli.py checks they equal replay.defaults / replay.session).
@@ -50,32 +50,21 @@ DRIFT_OPTIONS = (
 )
 
 
-def with_drift_options(command):
-    """Give a typer command the drift options; it receives them as one `drift: DriftSpec | None`.
+def _drift_spec(values: dict):
+    """The DriftSpec of the drift options (None when nothing drifts); contradictions are a BadParameter."""
+    from replay.drift import DriftSpec
 
-    One list of options for every command that simulates drift, so `simulate` and
-    `closed-loop` cannot drift apart. Contradicting values are a typer.BadParameter.
-    """
-    sig = inspect.signature(command, eval_str=True)
-    params = [p for p in sig.parameters.values() if p.name != "drift"]
-    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=default)
-               for name, ann, default in DRIFT_OPTIONS]
+    values = {**values, "baseline_kind": DriftKind(values["baseline_kind"]).value}
+    values["seed"] = values.pop("drift_seed")
+    try:
+        spec = DriftSpec(**values)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    return spec if spec.active else None
 
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        from replay.drift import DriftSpec
 
-        values = {name: kwargs.pop(name) for name, _, _ in DRIFT_OPTIONS}
-        values["baseline_kind"] = DriftKind(values["baseline_kind"]).value
-        values["seed"] = values.pop("drift_seed")
-        try:
-            spec = DriftSpec(**values)
-        except ValueError as e:
-            raise typer.BadParameter(str(e)) from e
-        return command(*args, drift=spec if spec.active else None, **kwargs)
-
-    wrapper.__signature__ = sig.replace(parameters=params)
-    return wrapper
+# Every command that simulates drift (simulate, closed-loop) gets the same options as one `drift`.
+with_drift_options = with_options(DRIFT_OPTIONS, "drift", _drift_spec)
 
 
 @with_drift_options

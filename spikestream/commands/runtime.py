@@ -23,6 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from spikestream.commands.adaptation import AdaptOpt, AdaptTauOpt
+from spikestream.commands.options import with_options
 
 console = Console(stderr=True)
 DEFAULT_ZMQ = "tcp://127.0.0.1:5555"
@@ -166,19 +167,31 @@ def _cpus(text: str | None) -> list[int] | None:
     return None if cpus is None else list(cpus)
 
 
-def _runtime_values(backend, device, threads, zmq, record, deadline_ms, on_gap, bad_bin, late_ms, max_bins,
-                    adapt, adapt_tau, lsl_out, keep_warm, warm_lead_us, warm_spin_us, pin_cpus, realtime,
-                    freeze_gc) -> dict[str, Any]:
-    return {"warm.keep_warm": keep_warm, "warm.lead_us": warm_lead_us, "warm.spin_us": warm_spin_us,
-            "warm.pin_cpus": _cpus(pin_cpus), "warm.realtime": realtime, "warm.freeze_gc": freeze_gc,
-            "model.backend": backend, "model.device": device, "model.threads": threads, "output.zmq": zmq,
-            "output.lsl_out": lsl_out,
-            "output.record": record, "deadline.deadline_ms": deadline_ms, "validation.on_gap": on_gap,
-            "validation.bad_bin": bad_bin, "validation.late_ms": late_ms, "max_bins": max_bins,
-            "adapt.method": adapt, "adapt.tau_s": adapt_tau}
+# The options serve and replay share, each with the RuntimeConfig field it sets (None: not given).
+RUNTIME_OPTIONS = (
+    ("backend", BackendOpt, "model.backend"), ("device", DeviceOpt, "model.device"),
+    ("threads", ThreadsOpt, "model.threads"), ("zmq", ZmqOpt, "output.zmq"), ("record", RecordOpt, "output.record"),
+    ("lsl_out", LslOutOpt, "output.lsl_out"), ("deadline_ms", DeadlineOpt, "deadline.deadline_ms"),
+    ("on_gap", OnGapOpt, "validation.on_gap"), ("bad_bin", BadBinOpt, "validation.bad_bin"),
+    ("late_ms", LateOpt, "validation.late_ms"), ("max_bins", MaxBinsOpt, "max_bins"),
+    ("adapt", AdaptOpt, "adapt.method"), ("adapt_tau", AdaptTauOpt, "adapt.tau_s"),
+    ("keep_warm", KeepWarmOpt, "warm.keep_warm"), ("warm_lead_us", WarmLeadOpt, "warm.lead_us"),
+    ("warm_spin_us", WarmSpinOpt, "warm.spin_us"), ("pin_cpus", PinCpusOpt, "warm.pin_cpus"),
+    ("realtime", RealtimeOpt, "warm.realtime"), ("freeze_gc", FreezeGcOpt, "warm.freeze_gc"),
+)
+_CONFIG_KEY = {name: key for name, _, key in RUNTIME_OPTIONS}
 
 
-# Long only by its option declarations (one per line); the body builds a config and makes one call.
+def _runtime_values(values: dict[str, Any]) -> dict[str, Any]:
+    out = {_CONFIG_KEY[name]: value for name, value in values.items()}
+    out["warm.pin_cpus"] = _cpus(out["warm.pin_cpus"])
+    return out
+
+
+with_runtime_options = with_options([(name, ann, None) for name, ann, _ in RUNTIME_OPTIONS], "runtime", _runtime_values)
+
+
+@with_runtime_options
 def serve(
     artifact: Annotated[Optional[Path], typer.Argument(help="Model artifact folder (or model.artifact in --config).")] = None,
     config: ConfigOpt = None,
@@ -186,45 +199,24 @@ def serve(
     lsl_type: Annotated[Optional[str], typer.Option("--lsl-type", help="LSL stream type.")] = None,
     source_id: Annotated[Optional[str], typer.Option("--source-id", help="LSL source_id (lets a dropped stream be recovered).")] = None,
     hostname: Annotated[Optional[str], typer.Option("--lsl-hostname", help="Only an LSL stream from this host (also when re-resolving after a loss).")] = None,
-    backend: BackendOpt = None,
-    device: DeviceOpt = None,
-    threads: ThreadsOpt = None,
-    zmq: ZmqOpt = None,
     allow_remote: AllowRemoteOpt = None,
     curve_secret: CurveSecretOpt = None,
     curve_clients: CurveClientsOpt = None,
-    record: RecordOpt = None,
-    deadline_ms: DeadlineOpt = None,
-    on_gap: OnGapOpt = None,
-    bad_bin: BadBinOpt = None,
-    late_ms: LateOpt = None,
-    max_bins: MaxBinsOpt = None,
     resolve_timeout: Annotated[Optional[float], typer.Option("--resolve-timeout", help="Seconds to look for the LSL stream (default 10).")] = None,
     wait_subscriber: Annotated[Optional[float], typer.Option("--wait-subscriber", help="Wait up to this many seconds for a ZeroMQ subscriber before opening the stream.")] = None,
-    adapt: AdaptOpt = None,
-    adapt_tau: AdaptTauOpt = None,
     summary_json: SummaryOpt = None,
-    lsl_out: LslOutOpt = None,
-    keep_warm: KeepWarmOpt = None,
-    warm_lead_us: WarmLeadOpt = None,
-    warm_spin_us: WarmSpinOpt = None,
-    pin_cpus: PinCpusOpt = None,
-    realtime: RealtimeOpt = None,
-    freeze_gc: FreezeGcOpt = None,
+    runtime: object = None,  # the RUNTIME_OPTIONS' config values
 ) -> None:
     """Decode a live LSL stream of spike-count bins and publish one velocity per bin over ZeroMQ."""
     cfg = build_config(config, {
         "model.artifact": artifact, "source.kind": "lsl", "source.lsl_name": lsl_name, "source.lsl_type": lsl_type,
         "source.source_id": source_id, "source.hostname": hostname, "source.resolve_timeout_s": resolve_timeout, "output.allow_remote": allow_remote,
         "output.curve_secret": curve_secret, "output.curve_clients": curve_clients,
-        "output.wait_subscriber_s": wait_subscriber,
-        **_runtime_values(backend, device, threads, zmq, record, deadline_ms, on_gap, bad_bin, late_ms, max_bins,
-                          adapt, adapt_tau, lsl_out, keep_warm, warm_lead_us, warm_spin_us, pin_cpus, realtime,
-                          freeze_gc)})
+        "output.wait_subscriber_s": wait_subscriber, **runtime})
     run_session(cfg, "serve", "serve {model} ({backend}/" + cfg.model.device + ")", summary_json)
 
 
-# Long only by its option declarations (one per line); the body builds a config and makes one call.
+@with_runtime_options
 def replay(
     paths: Annotated[list[Path], typer.Argument(
         metavar="[FILE.nwb] ARTIFACT",
@@ -232,26 +224,8 @@ def replay(
     config: ConfigOpt = None,
     speed: Annotated[Optional[str], typer.Option("--speed", help="1 = real time (default), a factor (e.g. 10), or 'max'.")] = None,
     via_lsl: Annotated[Optional[bool], typer.Option("--via-lsl", help="Stream the session from a `stream-nwb` process through a real LSL outlet and decode from an inlet here.")] = None,
-    zmq: ZmqOpt = None,
-    record: RecordOpt = None,
-    backend: BackendOpt = None,
-    device: DeviceOpt = None,
-    threads: ThreadsOpt = None,
-    deadline_ms: DeadlineOpt = None,
-    on_gap: OnGapOpt = None,
-    bad_bin: BadBinOpt = None,
-    late_ms: LateOpt = None,
-    max_bins: Annotated[Optional[int], typer.Option("--max-bins", help="Replay only the first N bins (>= 1).")] = None,
-    adapt: AdaptOpt = None,
-    adapt_tau: AdaptTauOpt = None,
     summary_json: SummaryOpt = None,
-    lsl_out: LslOutOpt = None,
-    keep_warm: KeepWarmOpt = None,
-    warm_lead_us: WarmLeadOpt = None,
-    warm_spin_us: WarmSpinOpt = None,
-    pin_cpus: PinCpusOpt = None,
-    realtime: RealtimeOpt = None,
-    freeze_gc: FreezeGcOpt = None,
+    runtime: object = None,  # the RUNTIME_OPTIONS' config values
 ) -> None:
     """Decode a recorded session as if it were live; end with R², latency, misses, flags and pacing."""
     paths = paths or []
@@ -260,10 +234,7 @@ def replay(
     nwb, artifact = (None, paths[0]) if len(paths) == 1 else (paths or [None, None])
     cfg = build_config(config, {
         "model.artifact": artifact, "source.kind": "replay", "source.nwb": nwb, "source.speed": speed,
-        "source.via_lsl": via_lsl,
-        **_runtime_values(backend, device, threads, zmq, record, deadline_ms, on_gap, bad_bin, late_ms, max_bins,
-                          adapt, adapt_tau, lsl_out, keep_warm, warm_lead_us, warm_spin_us, pin_cpus, realtime,
-                          freeze_gc)})
+        "source.via_lsl": via_lsl, **runtime})
     session, held_out = _replay_session(cfg)
 
     def scores(result, rt) -> dict:
