@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import e2e, runtime
+from decoder_runtime.timing import latencies
 from benchmarks.stats import summarize
 
 Log = Callable[[str], None]
@@ -67,13 +68,11 @@ E2E_RUNS = (
 )
 
 
-def _replay_latencies(stamps: np.ndarray, stages: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """arrival → sent, the runtime's own work and the model step, ns per bin."""
-    from decoder_runtime.engine import ARRIVAL, SENT
-
-    by_stage = runtime.stage_latencies(stamps, stages)
-    return {ARRIVAL_TO_SENT: stamps[:, SENT] - stamps[:, ARRIVAL], runtime.OWN_WORK: by_stage[runtime.OWN_WORK],
-            runtime.MODEL_STEP: by_stage[runtime.MODEL_STEP]}
+def _replay_latencies(stamps: np.ndarray) -> dict[str, np.ndarray]:
+    """arrival → sent, the runtime's own work and the model step, ns per bin (decoder_runtime.timing)."""
+    lat = latencies(stamps)
+    return {ARRIVAL_TO_SENT: lat["latency"], runtime.OWN_WORK: lat[runtime.OWN_WORK],
+            runtime.MODEL_STEP: lat[runtime.MODEL_STEP]}
 
 
 def _ratio_rows(section: str, measured: dict[tuple[str, str], np.ndarray], refs: dict[str, str], base: dict,
@@ -112,7 +111,7 @@ def realpace_section(art, counts: np.ndarray, bin_width: float, work_dir: Path, 
             except RuntimeError as e:
                 skipped.append({"name": f"realpace/{run.label}", "reason": str(e)})
                 continue
-            for measure, ns in _replay_latencies(got["stamps"][SETTLE_BINS:], got["stages"]).items():
+            for measure, ns in _replay_latencies(got["stamps"][SETTLE_BINS:]).items():
                 replay.setdefault((run.label, measure), []).append(ns)
             runs.setdefault(run.label, {"deadline_misses": 0, "warm": [], "pacing_p99_us": []})
             runs[run.label]["deadline_misses"] += got["summary"]["deadline_misses"]

@@ -14,17 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import procs
-from decoder_runtime.timing import STAGES, latencies
 
 OWN_WORK = "own work"  # decoder_runtime.timing's names: one definition of each latency
 MODEL_STEP = "model step"
-
-
-def stage_latencies(stamps: np.ndarray, stages: tuple[str, ...] = STAGES) -> dict[str, np.ndarray]:
-    """ns per bin for each stage interval, the model step and the runtime's own work (decoder_runtime.timing)."""
-    if tuple(stages) != STAGES:
-        raise ValueError(f"stamps must follow the stages {STAGES}, got {stages}")
-    return latencies(stamps)
 
 
 def throughput(stamps: np.ndarray, stages: tuple[str, ...]) -> dict:

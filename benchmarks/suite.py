@@ -20,6 +20,7 @@ from benchmarks.step_latency import (Runner, Timing, Variant, build_runner, pin_
                                      warm_up)
 from decoder_runtime.backends.base import BackendUnavailable
 from decoder_runtime.backends import BACKENDS
+from decoder_runtime.timing import latencies
 from models.artifact import ArtifactError, read_config
 from replay.pacing import pacing_stats, parse_speed
 
@@ -228,9 +229,9 @@ def _runtime_backend(step: Measured, art: arts.BenchArtifact, device: str, cfg: 
     return min(rows, key=lambda r: r["summary"]["p50"])["backend"] if rows else None
 
 
-def _stage_rows(run: str, art: arts.BenchArtifact, backend: str, device: str, stamps, stages, cfg: BenchConfig,
+def _stage_rows(run: str, art: arts.BenchArtifact, backend: str, device: str, stamps, cfg: BenchConfig,
                 m: Measured, real_pace: bool) -> None:
-    for stage, ns in runtime.stage_latencies(stamps, stages).items():
+    for stage, ns in latencies(stamps).items():  # decoder_runtime.timing: one definition of each
         if ns.size:
             name = f"runtime_overhead/{run}/{art.label}/{backend}/{device}/{stage}"
             m.rows.append({"name": name, "run": run, "model": art.label, "model_kind": art.model, "backend": backend,
@@ -249,7 +250,7 @@ def _replay_bins(cfg: BenchConfig, session, speed: str) -> int:
 def runtime_section(session, art: arts.BenchArtifact, step: Measured, work_dir: Path, cfg: BenchConfig,
                     log: Log) -> dict:
     """replay --speed max (inline and threaded step) and, if asked, LSL → serve → ZeroMQ, per device."""
-    from decoder_runtime.record import STAGES, read_record
+    from decoder_runtime.record import read_record
 
     overhead, e2e_rows = Measured(), Measured()
     replay_rows, e2e_runs = [], []
@@ -272,7 +273,7 @@ def runtime_section(session, art: arts.BenchArtifact, step: Measured, work_dir: 
                     overhead.skipped.append({"name": f"replay/{run}/{art.label}/{backend}/{device}", "reason": str(e)})
                     continue
                 replay_rows.append({"run": run, **base, **runtime.throughput(r["stamps"], r["stages"])})
-                _stage_rows(run, art, backend, device, r["stamps"], r["stages"], cfg, overhead,
+                _stage_rows(run, art, backend, device, r["stamps"], cfg, overhead,
                             real_pace=parse_speed(speed) is not None)
         if cfg.e2e:
             total = cfg.e2e_bins + E2E_SETTLE_BINS
@@ -294,7 +295,7 @@ def runtime_section(session, art: arts.BenchArtifact, step: Measured, work_dir: 
                              "settle_bins": res.settle_bins, "flagged": res.flagged, "outlet_pacing_us": res.outlet})
             if res.record is not None:
                 stamps = read_record(res.record)["stamps"][E2E_SETTLE_BINS:]
-                _stage_rows("serve, LSL at real pace", art, backend, device, stamps, STAGES, cfg, overhead,
+                _stage_rows("serve, LSL at real pace", art, backend, device, stamps, cfg, overhead,
                             real_pace=True)
     return {"replay": replay_rows, "runtime_overhead": overhead, "e2e": e2e_rows, "e2e_runs": e2e_runs}
 
