@@ -35,7 +35,13 @@ DEVICES = ("cpu", "cuda")
 #   wiener        67 / 104   80 / 120     14 / 30       -
 #   kalman        49 / 79    62 / 100      9 / 22       -
 # All agree with eager torch to <= 2.5e-6 (normalised units) over 2,000 bins. On CUDA
-# (REFERENCE.md, H100, LSTM 2x256): a CUDA graph of the step 57 us p50 vs eager 218 us.
+# (benchmarks/results/nvidia-h100-80gb-hbm3, H100, default sizes, 20,000 steps each):
+#                torch        torchscript   cudagraph
+#   lstm         268 / 689    863 / 1534    111 / 136
+#   transformer  880 / 1928   692 / 1514    102 / 131
+#   rvq          716 / 1480   493 / 1092    103 / 135
+#   mamba       1034 / 2766   533 / 1171    136 / 169
+# all within 1e-6 of eager torch. TorchScript is not second: it loses to eager on the LSTM.
 PREFERENCE = {"cpu": ("numba", "onnx", "torch"), "cuda": ("cudagraph", "torch")}
 NEEDS_EXPORT = ("torchscript", "onnx")  # backends that run a file written by `spikestream export`
 
