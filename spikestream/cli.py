@@ -18,7 +18,9 @@ app = typer.Typer(
 
 def _register() -> None:
     """Attach every area's commands; each module imports its heavy libraries inside its commands."""
-    from spikestream.commands import adaptation, backends, bench, closed_loop, data, runtime, sweep, training, view
+    from spikestream.commands import (
+        adaptation, backends, bench, closed_loop, data, recalibration, runtime, sweep, training, view,
+    )
 
     for name, fn in (("simulate", data.simulate), ("info", data.info),
                      ("train", training.train), ("evaluate", training.evaluate), ("export", training.export),
@@ -26,7 +28,7 @@ def _register() -> None:
                      ("serve", runtime.serve), ("replay", runtime.replay), ("listen", runtime.listen),
                      ("stream-nwb", runtime.stream_nwb), ("adapt-fit", adaptation.adapt_fit),
                      ("evaluate-drift", bench.evaluate_drift), ("view", view.view), ("sweep", sweep.sweep),
-                     ("closed-loop", closed_loop.closed_loop)):
+                     ("closed-loop", closed_loop.closed_loop), ("recalibrate", recalibration.recalibrate)):
         app.command(name)(fn)
 
 

@@ -47,6 +47,34 @@ def _print_summary(summary: dict) -> None:
     console.print(table)
 
 
+def _run_blocks(opts, rounds: int, method: str, out: Optional[Path]) -> None:
+    """`--recalibrate K`: blocks with recalibration between them (benchmarks.closed_loop_blocks)."""
+    from benchmarks.closed_loop_blocks import run_blocks
+    from models.artifact import ArtifactError
+
+    if out is None:
+        console.print("[red]error:[/red] --recalibrate needs --out DIR (each block's record and artifact go there)")
+        raise typer.Exit(2)
+    table = Table(title=f"closed loop with recalibration ({method}) every block: {opts.artifact}")
+    for col in ("block", "success", "time to target (s)", "path eff.", "Fitts (bits/s)", "held-out R² new / parent"):
+        table.add_column(col, justify="right")
+
+    def row(b: int, r: dict) -> None:
+        rc = r["recalibration"]
+        console.print(f"block {b}: success {r['success_rate']:.2f}, time to target {r['time_to_target_s'] or float('nan'):.2f} s")
+        table.add_row(str(b), f"{r['success_rate']:.2f}", f"{r['time_to_target_s'] or float('nan'):.2f}",
+                      f"{r['path_efficiency'] or float('nan'):.3f}", f"{r['fitts_bps'] or float('nan'):.3f}",
+                      "-" if rc is None else f"{rc['test_r2']:.3f} / {rc['parent_test_r2']:.3f}")
+
+    try:
+        run_blocks(opts, rounds, out, method=method, on_block=row)
+    except (ValueError, RuntimeError, OSError, ArtifactError) as e:
+        console.print(f"[red]error:[/red] {escape(str(e))}")
+        raise typer.Exit(2) from None
+    console.print(table)
+    console.print(f"blocks: {out / 'blocks.json'}")
+
+
 @with_drift_options
 def closed_loop(
     artifact: Annotated[Path, typer.Argument(help="Model artifact folder (RUN) that decodes the session.")],
@@ -75,6 +103,8 @@ def closed_loop(
     record: Annotated[Optional[Path], typer.Option("--record", help="Write the session (counts, intention, decoded velocity, cursor, target, trials) to this NWB file.")] = None,
     summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Write the run's summary here.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for trajectories.png, trials.csv and summary.json.")] = None,
+    recalibrate: Annotated[int, typer.Option("--recalibrate", min=0, help="K > 0: run K + 1 blocks, recalibrating the decoder from each block's record before the next (needs --out).")] = 0,
+    recalibrate_method: Annotated[str, typer.Option("--recalibrate-method", help="Labels for --recalibrate: refit, or intention (the simulated truth: a check).")] = "refit",
 ) -> None:
     """Run a closed-loop cursor session: a simulated participant, its neurons, the runtime, the cursor."""
     from benchmarks.closed_loop_session import SessionOptions, run_session
@@ -86,6 +116,9 @@ def closed_loop(
         deadline_ms=deadline_ms, target_radius=target_radius, target_distance=target_distance,
         cursor_gain=cursor_gain, hold=hold, timeout=timeout, visual_delay=visual_delay,
         drift=drift)
+    if recalibrate:
+        _run_blocks(opts, recalibrate, recalibrate_method, out)
+        return
     with Progress(TextColumn("[bold]closed loop[/bold] trials"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
         job = bar.add_task("trials", total=trials)
