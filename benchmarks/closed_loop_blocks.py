@@ -46,7 +46,7 @@ def run_blocks(opts: SessionOptions, rounds: int, out: Path, *, method: str = "r
         (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
         row = {"block": b, "artifact_path": str(artifact), "seed": block_opts.seed,
                **{k: summary[k] for k in BLOCK_KEYS}, "latency_us": summary["latency_us"],
-               "recalibration": None if b == 0 else {k: recal[k] for k in ("test_r2", "parent_test_r2", "labels")}}
+               "recalibration": None if b == 0 else {k: recal[k] for k in ("test_r2", "parent_test_r2", "output_gain", "labels")}}
         blocks.append(row)
         if on_block is not None:
             on_block(b, row)

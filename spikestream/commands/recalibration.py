@@ -18,8 +18,9 @@ def recalibrate(
     record: Annotated[Path, typer.Argument(help="A closed-loop session record (spikestream closed-loop --record FILE.nwb).")],
     parent: Annotated[Path, typer.Option("--from", help="The artifact that decoded that session (RUN).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the recalibrated artifact (RUN2).")],
-    method: Annotated[str, typer.Option("--method", help="Intention labels: refit (rotate toward the target, keep speed, zero on target), or intention (the simulated participant's true command: a check, simulation only).")] = "refit",
-    onset_skip: Annotated[Optional[float], typer.Option("--onset-skip", help="s left out after each target onset (default: the record's visual delay).")] = None,
+    method: Annotated[str, typer.Option("--method", help="refit: ReFIT labels (rotate toward the target, keep speed, zero on target), then the decoder's speed kept by one output gain; refit-labels-only: without that gain; intention: the simulated participant's true command (a check, simulation only).")] = "refit",
+    onset_skip: Annotated[Optional[float], typer.Option("--onset-skip", help="s left out after each target onset (default: the record's visual delay + --lag-s).")] = None,
+    lag: Annotated[float, typer.Option("--lag-s", help="Aim each label from the cursor this long before its bin (the paper: 0).")] = 0.0,
     successful_only: Annotated[bool, typer.Option("--successful-only", help="Label only the bins of successful trials.")] = False,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Fine-tuning epochs for networks (early stopping on the record's validation block).")] = 15,
     lr: Annotated[float, typer.Option("--lr", help="Fine-tuning learning rate for networks.")] = 5e-4,
@@ -33,7 +34,7 @@ def recalibrate(
     from training.recalibrate import recalibrate as run
 
     try:
-        spec = RecalibrationSpec(record=record, parent=parent, out=out, method=method, onset_skip_s=onset_skip,
+        spec = RecalibrationSpec(record=record, parent=parent, out=out, method=method, onset_skip_s=onset_skip, lag_s=lag,
                                  successful_only=successful_only, epochs=epochs, lr=lr, seed=seed)
         summary = run(spec)
     except (ArtifactError, RecordError, ValueError) as e:
@@ -46,6 +47,7 @@ def recalibrate(
                   f"{labels['zeroed_on_target']} / {labels['skipped_after_onset']} / {labels['unanswered']}")
     table.add_row("held-out R² vs intention: recalibrated / parent",
                   f"{summary['test_r2']:.3f} / {summary['parent_test_r2']:.3f}")
+    table.add_row("output gain (decoder speed kept)", f"{summary['output_gain']:.3f}")
     table.add_row("seconds", f"{summary['seconds']:.1f}")
     console.print(table)
     if summary_json is not None:
