@@ -191,11 +191,9 @@ def run_ideal(world_settings: WorldSettings) -> ClosedLoopResult:
     participant model achieves when decoding is perfect; every real decoder is measured
     against it."""
     world = ClosedLoopWorld(world_settings)
-    lead_bins = world.encoder.lead // world.encoder.samples
     velocity = None
     while world.next_bin(velocity) is not None:
-        issued = world.log["intention"]
-        velocity = issued[-1 - lead_bins] if len(issued) > lead_bins else np.zeros(2)
+        velocity = world.ideal_velocity()
     return ClosedLoopResult(world=world, metrics=world.metrics(), latency_us={}, mode="ideal")
 
 

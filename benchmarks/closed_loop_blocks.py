@@ -6,6 +6,8 @@ b + 1 runs the new artifact. Every block is a new block of trials, as in a rig: 
 participant, targets and spikes use seed `seed + 1000 * b`, so no block repeats another's
 trials and the before/after comparison is not a replay of the same noise. A drifted day stays
 one day: its drift is drawn once (from `seed`, unless the drift names its own) for every block.
+`assist` (computer assist) applies to block 0 only: the calibration block of a day whose
+decoder cannot control yet; every block after it is the participant's alone.
 
 Layout of OUT: `block-B/` holds that block's record.nwb, summary.json, trials.csv and
 trajectories.png; `block-B/artifact/` (B >= 1) the decoder it ran; `blocks.json` the
@@ -41,10 +43,11 @@ def run_blocks(opts: SessionOptions, rounds: int, out: Path, *, method: str = "r
             artifact = folder / "artifact"
             recal = recalibrate(RecalibrationSpec(record=prev / "record.nwb", parent=blocks[-1]["artifact_path"],
                                                   out=artifact, method=method, seed=opts.seed))
-        block_opts = replace(opts, artifact=Path(artifact), seed=opts.seed + BLOCK_SEED_STRIDE * b)
+        block_opts = replace(opts, artifact=Path(artifact), seed=opts.seed + BLOCK_SEED_STRIDE * b,
+                             assist=opts.assist if b == 0 else 0.0)
         summary = run_session(block_opts, record=folder / "record.nwb", out=folder, on_bin=on_bin)
         (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-        row = {"block": b, "artifact_path": str(artifact), "seed": block_opts.seed,
+        row = {"block": b, "artifact_path": str(artifact), "seed": block_opts.seed, "assist": block_opts.assist,
                **{k: summary[k] for k in BLOCK_KEYS}, "latency_us": summary["latency_us"],
                "recalibration": None if b == 0 else {k: recal[k] for k in ("test_r2", "parent_test_r2", "output_gain", "labels")}}
         blocks.append(row)

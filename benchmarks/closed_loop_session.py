@@ -45,6 +45,7 @@ class SessionOptions:
     timeout: float = 10.0
     visual_delay: float = 0.2
     drift: DriftSpec | None = None
+    assist: float = 0.0
 
 
 def world_settings(opts: SessionOptions, config: dict) -> WorldSettings:
@@ -59,7 +60,7 @@ def world_settings(opts: SessionOptions, config: dict) -> WorldSettings:
                           cursor_gain=opts.cursor_gain),
         participant=ParticipantSettings(visual_delay_s=opts.visual_delay),
         seed=opts.seed, population_seed=pop, n_units=int(config["n_channels"]), bin_width=float(config["bin_width"]),
-        drift=opts.drift)
+        drift=opts.drift, assist=opts.assist)
 
 
 def _serve_args(opts: SessionOptions) -> list[str]:

@@ -38,10 +38,22 @@ class WorldSettings:
     bin_width: float = 0.025
     drift: DriftSpec | None = None
     plan_lead_s: float = PLAN_LEAD_S
+    assist: float = 0.0  # share of the cursor's velocity the computer gives (see ClosedLoopWorld)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.assist <= 1.0:
+            raise ValueError(f"assist must be in [0, 1], got {self.assist}")
 
 
 class ClosedLoopWorld:
-    """Cursor + task + participant + encoder; `next_bin` advances them by one bin."""
+    """Cursor + task + participant + encoder; `next_bin` advances them by one bin.
+
+    With `assist` a > 0 the cursor moves with (1 - a) x the decoded velocity + a x the ideal
+    one (the intention the bin's spikes carry, `ideal_velocity`): the computer-assisted
+    calibration block labs run when a decoder cannot yet control (a = 1: the participant
+    watches the cursor go where they mean, a rig's open-loop observation block). The log keeps
+    the decoded velocity, unassisted.
+    """
 
     def __init__(self, settings: WorldSettings) -> None:
         self.settings = settings
@@ -70,8 +82,9 @@ class ClosedLoopWorld:
         if self.k > 0:
             answered = velocity is not None and bool(np.all(np.isfinite(velocity)))
             v = np.asarray(velocity, dtype=np.float64) if answered else np.zeros(2)
+            moved = (1.0 - s.assist) * v + s.assist * self.ideal_velocity() if s.assist else v
             w = s.task.workspace
-            self.cursor = np.clip(self.cursor + s.task.cursor_gain * v * s.bin_width, -w, w)
+            self.cursor = np.clip(self.cursor + s.task.cursor_gain * moved * s.bin_width, -w, w)
             self.log["decoded"].append(v if answered else np.full(2, np.nan))
             self.log["answered"].append(answered)
         t = self.time_s
@@ -89,6 +102,13 @@ class ClosedLoopWorld:
             self.log[f].append(value)
         self.k += 1
         return counts
+
+    def ideal_velocity(self) -> np.ndarray:
+        """The perfect decoder's velocity for the last bin made: the intention issued the
+        plan lead before it (what that bin's spikes carry)."""
+        lead_bins = self.encoder.lead // self.encoder.samples
+        issued = self.log["intention"]
+        return issued[-1 - lead_bins] if len(issued) > lead_bins else np.zeros(2)
 
     def state_message(self) -> dict:
         """The task's state now (the `task` topic's message)."""

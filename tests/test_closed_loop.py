@@ -149,3 +149,20 @@ def test_live_run_over_lsl_and_zeromq(tmp_path_factory):
         states.append(msgpack.unpackb(body))
     sub.close()
     assert states and states[-1]["v"] == 1 and set(states[-1]) >= {"cursor", "target", "trial", "state", "success_rate"}
+
+
+def test_full_assist_moves_the_cursor_as_the_ideal_decoder_while_the_log_keeps_the_decoder():
+    """assist = 1 (an observation block): a decoder that outputs nothing still acquires every
+    target exactly as the ideal decoder does, and the log records what the decoder said."""
+    from benchmarks.closed_loop import run_ideal
+
+    ws = WorldSettings(task=TaskSettings(n_trials=4), seed=3, n_units=20)
+    ideal = run_ideal(ws)
+    world = ClosedLoopWorld(WorldSettings(task=TaskSettings(n_trials=4), seed=3, n_units=20, assist=1.0))
+    while world.next_bin(np.zeros(2)) is not None:
+        pass
+    assert world.metrics() == ideal.metrics and world.metrics()["success_rate"] == 1.0
+    assert np.array_equal(world.arrays()["cursor"], ideal.world.arrays()["cursor"])
+    assert np.all(world.arrays()["decoded"][:-1] == 0.0)
+    with pytest.raises(ValueError, match="assist"):
+        WorldSettings(assist=1.5)

@@ -103,6 +103,7 @@ def closed_loop(
     record: Annotated[Optional[Path], typer.Option("--record", help="Write the session (counts, intention, decoded velocity, cursor, target, trials) to this NWB file.")] = None,
     summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Write the run's summary here.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for trajectories.png, trials.csv and summary.json.")] = None,
+    assist: Annotated[float, typer.Option("--assist", min=0.0, max=1.0, help="Computer assist: the cursor moves with (1 - A) x decoded + A x the ideal velocity (1: an observation block). With --recalibrate, block 0 only.")] = 0.0,
     recalibrate: Annotated[int, typer.Option("--recalibrate", min=0, help="K > 0: run K + 1 blocks, recalibrating the decoder from each block's record before the next (needs --out).")] = 0,
     recalibrate_method: Annotated[str, typer.Option("--recalibrate-method", help="Labels for --recalibrate: refit, or intention (the simulated truth: a check).")] = "refit",
 ) -> None:
@@ -115,7 +116,7 @@ def closed_loop(
         task_zmq=task_zmq, backend=backend, device=device or "cpu", threads=threads, adapt=adapt, adapt_tau=adapt_tau,
         deadline_ms=deadline_ms, target_radius=target_radius, target_distance=target_distance,
         cursor_gain=cursor_gain, hold=hold, timeout=timeout, visual_delay=visual_delay,
-        drift=drift)
+        drift=drift, assist=assist)
     if recalibrate:
         _run_blocks(opts, recalibrate, recalibrate_method, out)
         return
