@@ -18,7 +18,7 @@ TOML layout (every table and key optional; defaults below):
     [deadline]   deadline_ms (10; 0 = step inline, unbounded), reserve_us, max_backlog
     [output]     zmq ("tcp://127.0.0.1:5555" | "none"), allow_remote, curve_secret, curve_clients,
                  record (NWB path), lsl_out (LSL stream name), wait_subscriber_s
-    [warm]       keep_warm (true), lead_us (1000), spin_us, pin_cpus ([1] or [0, 1]), realtime, freeze_gc
+    [warm]       keep_warm (true), lead_us (1000), spin_us, pin_cpus ([1] or [0, 1]), realtime, freeze_gc, repeat
                  (decoder_runtime.warm: how the loop waits for the next bin at real pace)
 """
 from __future__ import annotations
@@ -157,6 +157,17 @@ class OutputConfig:
             check_endpoint(self.zmq, ConfigError)
 
 
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A run description file as it is written, not checked yet: a file may leave out what the
+    command line gives (e.g. the artifact), so it is checked once both are laid together."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     model: ModelConfig
@@ -188,13 +199,7 @@ class RuntimeConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "RuntimeConfig":
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except OSError as e:
-            raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path} is not valid TOML: {e}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_toml(path))
 
     def override(self, values: dict[str, Any]) -> "RuntimeConfig":
         """A copy with "section.key" (or top-level "key") values replaced; None values are skipped."""

@@ -91,3 +91,7 @@ def test_replay_from_a_config_file_equals_the_options(tmp_path):
                                        "source.speed": "max", "output.zmq": "none", "max_bins": 7})
     assert from_file == from_options
     assert build_config(toml, {"source.speed": "1"}).source.speed == "1"
+    partial = tmp_path / "warm.toml"  # a file may leave out what the command line gives
+    partial.write_text("[warm]\nrepeat = false\n")
+    cfg = build_config(partial, {"model.artifact": "a", "source.kind": "replay"})
+    assert cfg.model.artifact == "a" and cfg.warm.repeat is False

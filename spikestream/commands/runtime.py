@@ -84,10 +84,10 @@ def stop_on_signals():
 
 def build_config(config: Path | None, values: dict[str, Any]):
     """The `--config` file (or defaults) with every option the user gave laid over it."""
-    from decoder_runtime.config import ConfigError, RuntimeConfig
+    from decoder_runtime.config import ConfigError, RuntimeConfig, read_toml
 
     try:
-        base = RuntimeConfig.from_toml(config).to_dict() if config is not None else {}
+        base = read_toml(config) if config is not None else {}
         given = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items() if v is not None}
         for key, value in given.items():
             section, _, name = key.rpartition(".")
