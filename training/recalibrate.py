@@ -35,13 +35,13 @@ import numpy as np
 import torch
 
 from models.artifact import load_artifact, save_artifact, sha256
-from training.baselines import BASELINES
 from replay.closed_loop_record import (
     ClosedLoopRecord, RecordError, intention_labels, read_record, refit_labels,
 )
 from replay.session import BinnedSession
-from training.metrics import stream_metrics
-from training.runs import _jsonable, prepare
+from training.baselines import BASELINES
+from training.metrics import stream_metrics, stream_predict
+from training.runs import jsonable, prepare
 from training.train import TrainConfig, seed_everything, train_network
 
 RULES = {
@@ -123,8 +123,6 @@ def speed_gain(model, train: BinnedSession, rec: ClosedLoopRecord, block: tuple[
     very bins it was fitted on, and each round compounded it (control got slower round by
     round). One scalar on the output restores the speed ReFIT meant to keep: the mean label
     speed over the labelled bins outside the target, divided by the decoder's there."""
-    from training.metrics import stream_predict
-
     pred = stream_predict(model, train.counts, train.t, train.bin_width)
     a, b = block
     outside = train.valid & (np.linalg.norm(rec.target[a:b] - rec.cursor[a:b], axis=1) > rec.target_radius)
@@ -144,7 +142,7 @@ def recalibrate(spec: RecalibrationSpec, on_epoch=None) -> dict:
                           f"{parent.n_channels}")
     session, label_stats = label_session(rec, spec, np.asarray(parent.config["channel_ids"]))
     kind = parent.config["model"]["name"]
-    provenance = _jsonable({  # population_seed first: closed-loop reads the first one it finds
+    provenance = jsonable({  # population_seed first: closed-loop reads the first one it finds
         "population_seed": rec.settings.get("population_seed"),
         "kind": "closed-loop recalibration", "method": spec.method,
         "rule": RULES[spec.method],
@@ -185,7 +183,8 @@ def recalibrate(spec: RecalibrationSpec, on_epoch=None) -> dict:
                              "scored against the intention labels on labelled bins"}
     save_artifact(spec.out, model, channel_ids=parent.config["channel_ids"], bin_width=parent.bin_width,
                   fallback=None if kind == "wiener" else shared.wiener, provenance=provenance,
-                  metrics=_jsonable(metrics), training=_jsonable(training))
-    return _jsonable({"model": kind, "out": str(spec.out), "parent": str(spec.parent), "record": str(spec.record),
-                      "labels": label_stats, "output_gain": gain, "test_r2": new_test["r2"], "parent_test_r2": parent_test["r2"],
-                      "seconds": training["seconds"], "split": shared.split.to_dict()})
+                  metrics=jsonable(metrics), training=jsonable(training))
+    return jsonable({"model": kind, "out": str(spec.out), "parent": str(spec.parent), "record": str(spec.record),
+                     "labels": label_stats, "output_gain": gain, "test_r2": new_test["r2"],
+                     "parent_test_r2": parent_test["r2"], "seconds": training["seconds"],
+                     "split": shared.split.to_dict()})

@@ -95,16 +95,16 @@ class Hooks:
 
 
 # --- data and provenance -------------------------------------------------------------------
-def _jsonable(obj):
+def jsonable(obj):
     """Strict-JSON copy: numpy scalars/arrays to Python, NaN/inf to None."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
+        return jsonable(obj.item())
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if obj is None or isinstance(obj, (str, int, float, bool)):
@@ -128,7 +128,7 @@ def load_data(data: Path | None, task: str = "maze", sim_seed: int = 0) -> tuple
         raise ValueError(f"{session.source}: session has no behaviour to train on")
     prov.update(n_bins=session.n_bins, n_channels=session.n_channels, bin_width=session.bin_width,
                 duration_s=session.duration, meta=session.meta)
-    return session, _jsonable(prov)
+    return session, jsonable(prov)
 
 
 def session_from_provenance(prov: dict) -> BinnedSession:
@@ -238,7 +238,7 @@ def run_seed(spec: RunSpec, shared: Shared, seed: int, folder: Path, hooks: Hook
     fallback = None if spec.model == "wiener" else shared.wiener
     save_artifact(folder, model, channel_ids=shared.session.unit_ids, bin_width=shared.session.bin_width,
                   fallback=fallback, provenance={**shared.provenance, "split": shared.split.to_dict()},
-                  metrics=_jsonable(metrics), training=_jsonable(training))
+                  metrics=jsonable(metrics), training=jsonable(training))
     title = f"{spec.model} seed {seed}: held-out streamed R² {test['r2']:.3f}"
     if result is not None:
         plots.learning_curve(result.history, folder / plots.LEARNING_CURVE, title, result.best_epoch)
@@ -267,7 +267,7 @@ def summarize(spec: RunSpec, shared: Shared, records: list[dict]) -> dict:
         for what in ("utilisation", "perplexity"):
             metrics[what] = [seed_stats([r[what][s] for r in records]) for s in range(stages)]
     mean_r2 = metrics["r2"]["mean"]
-    return _jsonable({
+    return jsonable({
         "model": spec.model,
         "layout": "single artifact in this folder" if spec.seeds == 1 else "one artifact per seed-K folder",
         "n_seeds": spec.seeds,
