@@ -21,10 +21,10 @@ METRICS = ("success_rate", "time_to_target_s", "path_efficiency", "fitts_bps")
 MODEL_ORDER = ("lstm", "transformer", "rvq", "mamba", "wiener", "kalman")
 
 
-def load_runs(runs_dir: Path) -> dict[str, list[dict]]:
-    """{group: [summary, ...]} from every `<group>-s<seed>/summary.json` under runs_dir."""
+def load_runs(runs_dir: Path, name: str = "summary.json") -> dict[str, list[dict]]:
+    """{group: [the JSON, ...]} from every `<group>-s<seed>/<name>` under runs_dir."""
     groups: dict[str, list[dict]] = {}
-    for f in sorted(runs_dir.glob("*/summary.json")):
+    for f in sorted(runs_dir.glob(f"*/{name}")):
         name = f.parent.name
         m = re.fullmatch(r"(.+)-s(\d+)", name)
         if m is None:

@@ -10,21 +10,10 @@ the block's decoder (held-out R² against the labels, new / parent; output gain)
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
-from benchmarks.closed_loop_results import METRICS, _fmt, _ms
-
-
-def load_groups(runs_dir: Path) -> dict[str, list[dict]]:
-    """{group: [blocks.json, ...]} from every `<group>-s<seed>/blocks.json` under runs_dir."""
-    groups: dict[str, list[dict]] = {}
-    for f in sorted(runs_dir.glob("*/blocks.json")):
-        m = re.fullmatch(r"(.+)-s(\d+)", f.parent.name)
-        if m is not None:
-            groups.setdefault(m.group(1), []).append(json.loads(f.read_text()))
-    return groups
+from benchmarks.closed_loop_results import METRICS, _fmt, _ms, load_runs
 
 
 def block_rows(group: str, runs: list[dict]) -> list[dict]:
@@ -59,7 +48,7 @@ def main() -> None:
     args = sys.argv[1:]
     runs_dir = Path(args[0])
     out = Path(args[args.index("--out") + 1]) if "--out" in args else Path("benchmarks/results")
-    groups = load_groups(runs_dir)
+    groups = load_runs(runs_dir, "blocks.json")
     rows = [r for g in sorted(groups) for r in block_rows(g, groups[g])]
     (out / "recalibration.json").write_text(json.dumps({"rows": rows}, indent=2, default=float))
     print("\n".join(table(rows)))

@@ -61,6 +61,7 @@ class ClosedLoopWorld:
         self.encoder = StreamingEncoder(make_population(settings.n_units, settings.population_seed),
                                         seed=settings.seed, bin_width=bw, drift=settings.drift,
                                         plan_lead_s=settings.plan_lead_s)
+        self._lead_bins = self.encoder.lead // self.encoder.samples  # bins from intention to its spikes
         self.participant = Participant(settings.participant, bin_width=bw, seed=settings.seed)
         self.task = CursorTask(settings.task, seed=settings.seed)
         self.cursor = np.zeros(2)
@@ -106,9 +107,8 @@ class ClosedLoopWorld:
     def ideal_velocity(self) -> np.ndarray:
         """The perfect decoder's velocity for the last bin made: the intention issued the
         plan lead before it (what that bin's spikes carry)."""
-        lead_bins = self.encoder.lead // self.encoder.samples
         issued = self.log["intention"]
-        return issued[-1 - lead_bins] if len(issued) > lead_bins else np.zeros(2)
+        return issued[-1 - self._lead_bins] if len(issued) > self._lead_bins else np.zeros(2)
 
     def state_message(self) -> dict:
         """The task's state now (the `task` topic's message)."""

@@ -12,10 +12,6 @@ meant, the way ReFIT does (Gilja et al. 2012, Nat Neurosci 15:1752):
 - while the cursor is inside the target, the intended velocity is zero (the user is holding);
 - the first `onset_skip_s` after each target appears are left out: the participant has not seen
   the new target yet (visual feedback delay), so their intention still points at the old one;
-- the spikes of bin k carry a command issued earlier (neural activity leads movement; in our
-  encoder by the plan lead, 150 ms), made for where the cursor was then. The paper aims from
-  the cursor at bin k (the default here too); `lag_bins` aims from the cursor `lag_bins`
-  earlier (on our records it changed little: benchmarks/results/closed_loop.md);
 - bins with no target (between trials, after the last) and bins the runtime did not answer are
   left out: there is nothing to rotate, or no decoder output to rotate.
 
@@ -66,6 +62,10 @@ class ClosedLoopRecord:
     def visual_delay_s(self) -> float:
         return float(self.settings["participant"]["visual_delay_s"])
 
+    def on_target(self) -> np.ndarray:
+        """bool[T]: the cursor inside the target at the start of each bin (False with no target)."""
+        return np.linalg.norm(self.target - self.cursor, axis=1) <= self.target_radius
+
     @property
     def plan_lead_bins(self) -> int:
         return int(round(float(self.settings["participant"]["internal_lag_s"]) / self.bin_width))
@@ -108,18 +108,13 @@ def read_record(path: str | Path) -> ClosedLoopRecord:
 
 
 def refit_labels(decoded: np.ndarray, cursor: np.ndarray, target: np.ndarray, radius: float,
-                 t: np.ndarray, trial_start: np.ndarray, onset_skip_s: float,
-                 lag_bins: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                 t: np.ndarray, trial_start: np.ndarray, onset_skip_s: float) -> tuple[np.ndarray, np.ndarray]:
     """ReFIT intention labels per bin (float64[T, 2]) and the mask of bins that carry one.
 
-    See the module docstring for the rules. `lag_bins` > 0 aims each bin's label from the
-    cursor position `lag_bins` earlier, the one the spikes of this bin respond to. A decoded
-    velocity of zero outside the target stays zero (no direction to keep a speed along)."""
+    See the module docstring for the rules. A decoded velocity of zero outside the target
+    stays zero (it has no direction to keep a speed along)."""
     decoded = np.asarray(decoded, dtype=np.float64)
-    cursor = np.asarray(cursor, dtype=np.float64)
-    if lag_bins > 0:
-        cursor = np.concatenate([np.full((lag_bins, 2), np.nan), cursor[:-lag_bins]])
-    to_target = np.asarray(target, dtype=np.float64) - cursor
+    to_target = np.asarray(target, dtype=np.float64) - np.asarray(cursor, dtype=np.float64)
     dist = np.linalg.norm(to_target, axis=1)
     speed = np.linalg.norm(decoded, axis=1)
     has_target = np.isfinite(to_target).all(axis=1)

@@ -63,8 +63,7 @@ class RecalibrationSpec:
     parent: Path
     out: Path
     method: str = "refit"
-    onset_skip_s: float | None = None  # None: the record participant's visual delay, + lag_s
-    lag_s: float = 0.0  # aim labels from the cursor this long ago (the paper: 0)
+    onset_skip_s: float | None = None  # None: the record participant's visual delay
     successful_only: bool = False  # label only the bins of trials that ended in success
     epochs: int = 15  # fine-tuning epochs for networks (early stopping on the record's val block)
     lr: float = 5e-4
@@ -75,8 +74,6 @@ class RecalibrationSpec:
             raise ValueError(f"unknown recalibration method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.lag_s < 0:
-            raise ValueError(f"lag_s must be >= 0, got {self.lag_s}")
         if self.onset_skip_s is not None and self.onset_skip_s < 0:
             raise ValueError(f"onset_skip_s must be >= 0, got {self.onset_skip_s}")
 
@@ -85,19 +82,18 @@ def label_session(rec: ClosedLoopRecord, spec: RecalibrationSpec, unit_ids: np.n
     """The record as a training session labelled with intention, and counts of what was kept."""
     if rec.settings.get("task_settings", {}).get("task", "center-out") != "center-out":
         raise RecordError(f"{rec.path}: recalibration needs a center-out record (targets with a radius)")
-    lag_bins = int(round(spec.lag_s / rec.bin_width))
-    skip = rec.visual_delay_s + lag_bins * rec.bin_width if spec.onset_skip_s is None else spec.onset_skip_s
+    skip = rec.visual_delay_s if spec.onset_skip_s is None else spec.onset_skip_s
     if spec.method == "intention":
         labels, keep = intention_labels(rec.intention, rec.target, rec.plan_lead_bins)
     else:
         labels, keep = refit_labels(rec.decoded, rec.cursor, rec.target, rec.target_radius, rec.t,
-                                    rec.trial_start, skip, lag_bins)
+                                    rec.trial_start, skip)
     to_target = np.isfinite(rec.target).all(axis=1)
     answered = np.isfinite(rec.decoded).all(axis=1)
     stats = {"bins": int(rec.counts.shape[0]), "no_target": int(np.count_nonzero(~to_target)),
              "unanswered": int(np.count_nonzero(to_target & ~answered)),
              "skipped_after_onset": int(np.count_nonzero(to_target & answered & ~keep)),
-             "onset_skip_s": skip, "lag_bins": lag_bins, "target_radius": rec.target_radius}
+             "onset_skip_s": skip, "target_radius": rec.target_radius}
     failed = 0
     if spec.successful_only:
         for start, stop, outcome in zip(rec.trial_start, rec.trial_stop, rec.outcome):
@@ -110,7 +106,7 @@ def label_session(rec: ClosedLoopRecord, spec: RecalibrationSpec, unit_ids: np.n
     session = BinnedSession(counts=rec.counts, t=rec.t + bw, bin_width=bw, unit_ids=np.asarray(unit_ids),
                             velocity=labels.astype(np.float32), valid=keep, source=str(rec.path),
                             meta={"closed_loop_record": str(rec.path)})
-    inside = keep & (np.linalg.norm(rec.target - rec.cursor, axis=1) <= rec.target_radius)
+    inside = keep & rec.on_target()
     stats.update(failed_trial_bins_dropped=failed, labelled=int(keep.sum()), zeroed_on_target=int(inside.sum()))
     return session, stats
 
@@ -125,7 +121,7 @@ def speed_gain(model, train: BinnedSession, rec: ClosedLoopRecord, block: tuple[
     speed over the labelled bins outside the target, divided by the decoder's there."""
     pred = stream_predict(model, train.counts, train.t, train.bin_width)
     a, b = block
-    outside = train.valid & (np.linalg.norm(rec.target[a:b] - rec.cursor[a:b], axis=1) > rec.target_radius)
+    outside = train.valid & ~rec.on_target()[a:b]
     got = float(np.linalg.norm(pred[outside], axis=1).mean()) if outside.any() else 0.0
     want = float(np.linalg.norm(train.velocity[outside], axis=1).mean()) if outside.any() else 0.0
     return want / got if got > 0 and want > 0 else 1.0

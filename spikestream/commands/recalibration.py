@@ -19,8 +19,7 @@ def recalibrate(
     parent: Annotated[Path, typer.Option("--from", help="The artifact that decoded that session (RUN).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the recalibrated artifact (RUN2).")],
     method: Annotated[str, typer.Option("--method", help="refit: ReFIT labels (rotate toward the target, keep speed, zero on target), then the decoder's speed kept by one output gain; refit-labels-only: without that gain; intention: the simulated participant's true command (a check, simulation only).")] = "refit",
-    onset_skip: Annotated[Optional[float], typer.Option("--onset-skip", help="s left out after each target onset (default: the record's visual delay + --lag-s).")] = None,
-    lag: Annotated[float, typer.Option("--lag-s", help="Aim each label from the cursor this long before its bin (the paper: 0).")] = 0.0,
+    onset_skip: Annotated[Optional[float], typer.Option("--onset-skip", help="s left out after each target onset (default: the record's visual delay).")] = None,
     successful_only: Annotated[bool, typer.Option("--successful-only", help="Label only the bins of successful trials.")] = False,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Fine-tuning epochs for networks (early stopping on the record's validation block).")] = 15,
     lr: Annotated[float, typer.Option("--lr", help="Fine-tuning learning rate for networks.")] = 5e-4,
@@ -34,7 +33,7 @@ def recalibrate(
     from training.recalibrate import recalibrate as run
 
     try:
-        spec = RecalibrationSpec(record=record, parent=parent, out=out, method=method, onset_skip_s=onset_skip, lag_s=lag,
+        spec = RecalibrationSpec(record=record, parent=parent, out=out, method=method, onset_skip_s=onset_skip,
                                  successful_only=successful_only, epochs=epochs, lr=lr, seed=seed)
         summary = run(spec)
     except (ArtifactError, RecordError, ValueError) as e:
