@@ -77,7 +77,8 @@ def make_core(artifact: "Artifact", backend: "Backend", cfg: RuntimeConfig,
                           None if v.late_ms is None else v.late_ms / 1e3)
     model_vel = np.full((1, 2), np.nan, dtype=np.float32)  # replaced by the engine's log
     d = cfg.deadline
-    stepper = (ThreadedStepper(backend, model_vel, artifact.n_channels, d.max_backlog) if d.bounded
+    stepper = (ThreadedStepper(backend, model_vel, artifact.n_channels, d.max_backlog, d.handoff_spin_us)
+               if d.bounded
                else InlineStepper(backend, model_vel))
     return BinCore(validator, stepper, adapter=adapter, fallback=fallback, on_gap=v.on_gap), note
 

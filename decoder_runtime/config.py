@@ -15,7 +15,8 @@ TOML layout (every table and key optional; defaults below):
     [model]      artifact, backend ("auto"), device ("cpu"), threads
     [validation] bad_bin ("impute" | "hold"), late_ms, on_gap ("reset" | "keep")
     [adapt]      method (none|health|norm|norm+health|full; absent: the artifact's own), tau_s
-    [deadline]   deadline_ms (10; 0 = step inline, unbounded), reserve_us, max_backlog
+    [deadline]   deadline_ms (10; 0 = step inline, unbounded), reserve_us, max_backlog, handoff_spin_us (500;
+                 0 = loop and worker sleep on queues: decoder_runtime.spin)
     [output]     zmq ("tcp://127.0.0.1:5555" | "none"), allow_remote, curve_secret, curve_clients,
                  record (NWB path), lsl_out (LSL stream name), wait_subscriber_s
     [warm]       keep_warm (true), lead_us (1000), spin_us, pin_cpus ([1] or [0, 1]), realtime, freeze_gc, repeat
@@ -123,10 +124,12 @@ class DeadlineConfig:
     deadline_ms: float = 10.0
     reserve_us: float = 500.0
     max_backlog: int = 8
+    handoff_spin_us: float = 500.0  # loop and worker spin (GIL released) this long for each other (decoder_runtime.spin)
 
     def __post_init__(self) -> None:
         _positive("deadline.deadline_ms", self.deadline_ms, allow_zero=True, optional=False)
         _positive("deadline.reserve_us", self.reserve_us, allow_zero=True, optional=False)
+        _positive("deadline.handoff_spin_us", self.handoff_spin_us, allow_zero=True, optional=False)
         if self.deadline_ms and self.reserve_us >= self.deadline_ms * 1e3:
             raise ConfigError(f"deadline.reserve_us ({self.reserve_us:g}) must be below the deadline "
                               f"({self.deadline_ms:g} ms)")

@@ -10,6 +10,13 @@ once it catches up (its late outputs are kept in `model_vel`). Only if it falls
 `max_backlog` bins behind (a model that cannot keep up at all) are bins withheld from it
 (DROPPED); once it has drained its queue, its state is reset (RESET) so it never runs on a
 state with holes.
+
+Hand-off: the queues carry the work; while an answer is expected soon the waiting side spins
+for it on shared counters with the GIL released instead of sleeping on the queue
+(decoder_runtime.spin: each sleep costs a wake-up of tens of microseconds on a VM). The
+loop spins up to `handoff_spin_us` for the worker's answer; the worker spins as long after
+each bin for the next, and, when the keep-warm pass says a bin is due (`expect`), until then.
+`handoff_spin_us=0`: both sleep on the queues.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from decoder_runtime.messages import Flag
+from decoder_runtime.spin import CELLS, DONE, NO_CELL, POSTED, UNTIL, Spinner
 
 if TYPE_CHECKING:
     from decoder_runtime.backends.base import Backend
@@ -52,6 +60,9 @@ class InlineStepper:
         if dry is not None:
             dry()
 
+    def expect(self, until_ns: int) -> None:
+        """A bin is due before until_ns: nothing to prepare inline."""
+
     def step(self, k: int, x: np.ndarray, until_ns: int) -> np.ndarray:
         self.begin = time.monotonic_ns()
         y = self.backend.step(x)
@@ -72,7 +83,8 @@ class ThreadedStepper:
     `_bin[j % slots]` says which engine bin it was.
     """
 
-    def __init__(self, backend: "Backend", model_vel: np.ndarray, n_channels: int, max_backlog: int) -> None:
+    def __init__(self, backend: "Backend", model_vel: np.ndarray, n_channels: int, max_backlog: int,
+                 handoff_spin_us: float = 500.0) -> None:
         self.backend = backend
         self.model_vel = model_vel
         self.max_backlog = max_backlog
@@ -83,6 +95,11 @@ class ThreadedStepper:
         self._bin = np.zeros(self.slots, dtype=np.int64)
         self._todo: queue.SimpleQueue = queue.SimpleQueue()
         self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._spin_ns = int(handoff_spin_us * 1e3)
+        self._cells = np.zeros(CELLS, dtype=np.int64)
+        self._spinner = Spinner(self._cells) if self._spin_ns else None
+        self._posted = 0  # items put on _todo (the POSTED cell)
+        self._answers = 0  # items taken from _done
         self.submitted = 0  # bins handed to the worker
         self.completed = 0  # bins the worker has finished (written by the worker only)
         self.withholding = False
@@ -118,10 +135,15 @@ class ThreadedStepper:
             return
         self._ready.set()
         backend, todo, done, inp, out, times = self.backend, self._todo, self._done, self._in, self._out, self._times
-        mono, slots = time.monotonic_ns, self.slots
+        mono, slots, spin_ns = time.monotonic_ns, self.slots, self._spin_ns
+        spinner = Spinner(self._cells) if spin_ns else None
         dry = getattr(backend, "dry_step", None)
+        taken = answered = 0
         while True:
+            if spinner is not None:  # publish the last answer, then spin for the next item while one is expected
+                spinner.signal_and_spin(DONE, answered, POSTED, taken, mono() + spin_ns, UNTIL)
             j = todo.get()
+            taken += 1
             if j is None:
                 return
             if j == _RESET_TOKEN:
@@ -142,15 +164,26 @@ class ThreadedStepper:
                 return
             self.completed = j + 1
             done.put(j)
+            answered += 1
+
+    def _post(self, item: int | None) -> None:
+        """Queue an item for the worker and bump the counter it spins on."""
+        self._todo.put(item)
+        self._posted += 1
+        self._cells[POSTED] = self._posted
 
     def reset(self) -> None:
-        self._todo.put(_RESET_TOKEN)
+        self._post(_RESET_TOKEN)
+
+    def expect(self, until_ns: int) -> None:
+        """A bin is due before until_ns: the worker spins for it until then instead of sleeping."""
+        self._cells[UNTIL] = until_ns
 
     def warm(self) -> None:
         """Have the worker run a dry step on its own thread (its core's caches), if the backend has one."""
         if hasattr(self.backend, "dry_step") and not self.warm_pending:  # never queue a second one
             self.warm_pending = True
-            self._todo.put(_WARM_TOKEN)
+            self._post(_WARM_TOKEN)
 
     def step(self, k: int, x: np.ndarray, until_ns: int) -> np.ndarray | None:
         """Queue bin k and wait for its velocity until `until_ns`; None if it is not ready."""
@@ -164,7 +197,7 @@ class ThreadedStepper:
                 self.flags = _DROPPED
                 return None
             self.withholding = False  # caught up: restart from a clean state, not one with holes
-            self._todo.put(_RESET_TOKEN)
+            self._post(_RESET_TOKEN)
             self.flags = _RESET
         j = self.submitted
         s = j % self.slots
@@ -172,13 +205,23 @@ class ThreadedStepper:
         self._bin[s] = k
         self.submitted = j + 1
         self._todo.put(j)
-        done = self._done
+        self._posted += 1
+        done, spinner = self._done, self._spinner
+        if spinner is None:
+            self._cells[POSTED] = self._posted
+        else:  # post with the GIL released, then spin for an answer (module doc), up to spin_end
+            spin_end = min(until_ns, time.monotonic_ns() + self._spin_ns)
+            write = POSTED
         while True:
+            if spinner is not None:
+                spinner.signal_and_spin(write, self._posted, DONE, self._answers, spin_end)
+                write = NO_CELL
             remaining = until_ns - time.monotonic_ns()
             try:
                 d = done.get(timeout=remaining * 1e-9) if remaining > 0 else done.get(block=False)
             except queue.Empty:
                 return None
+            self._answers += 1
             ds = d % self.slots
             self.model_vel[self._bin[ds]] = self._out[ds]
             if d == j:
@@ -189,11 +232,12 @@ class ThreadedStepper:
         """Let the worker finish queued bins (their outputs land in model_vel), then stop it."""
         if self._thread.ident is None:
             return
-        self._todo.put(None)
+        self._post(None)
         self._thread.join(timeout_s)
         while True:
             try:
                 d = self._done.get(block=False)
             except queue.Empty:
                 break
+            self._answers += 1
             self.model_vel[self._bin[d % self.slots]] = self._out[d % self.slots]

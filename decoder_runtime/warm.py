@@ -10,14 +10,16 @@ next bin -- does this:
 1. Right after a bin is out, nothing: the loop waits for the next bin the ordinary way
    (liblsl's blocking pull, or a replay's sleep) until `lead_us` before the bin's predicted
    arrival. A bin that comes earlier is returned at once: the wait is the source's own pull.
-2. At `lead_us` before the prediction, one *warm pass*: the model's step on a scratch copy
-   of its state (`dry_step`: same weights, same code, same input buffer; the live state and
-   every output are untouched -- on the worker thread when the step runs there), the
-   validator's check on a scratch validator, the fallback's push into a scratch ring (same
-   filter), the message packer, and a send of the packed
+2. At `lead_us` before the prediction, one *warm pass*: `BinCore.decode` -- the very code a
+   bin runs -- on a scratch core (`_scratch_core`: a validator with the live one's settings,
+   a copy of the adapter, the fallback's filter over its own ring, and the model's step on a
+   scratch copy of its state (`dry_step`: same weights, same code, same input buffer; on the
+   worker thread when the step runs there), then the message packer and a send of the packed
    message through a scratch ZeroMQ socket (inproc, no peer: the same pyzmq/libzmq code,
-   nothing on the wire). The adapter and the recorder are not warmed: their work mutates
-   state (running statistics, the record) and measures at a few us anyway.
+   nothing on the wire). The live state and every output are untouched; only the recorder
+   is not warmed (it runs after the message is out). With the step on a worker, the worker
+   is also told when the bin is due (`ThreadedStepper.expect`): after its dry step it spins
+   for the bin with the GIL released instead of sleeping on its queue (decoder_runtime.spin).
 3. Then it waits for the bin. A replay is polled without sleeping (`pull(0)`, up to `spin_us`
    past the prediction; its pacer spins the last 1 ms anyway); with `repeat` (default) the
    spin up to the prediction is more warm passes, polled between them, each started only if
@@ -25,7 +27,8 @@ next bin -- does this:
    is cold, ~250 us; the ones after it are a fraction of that, and they keep the path hot up
    to the bin instead of ~750 us before it). Inline steps only: with the step on a worker
    thread, a repeated dry step was still running there when a third of the bins came, and
-   gained nothing. An LSL inlet is waited on in
+   gained nothing; there the poll pauses 20 us between polls with the GIL released, so the
+   worker can run its dry step. An LSL inlet is waited on in
    liblsl (blocking pull) by default: the sample reaches the inlet through liblsl's own
    receive thread, and on a 2-core machine a spinning loop starves that thread (measured:
    push -> receive p50 4.1 ms spinning vs 0.75 ms blocking, same run, load ~20).
@@ -38,7 +41,9 @@ restarted after a GAP. At `--speed max` there is no period and nothing is warmed
 A bin never waits for the warm pass beyond its own length (~50-150 us cold): the pass only
 starts when the prediction is at least `lead_us` away, and bins that nonetheless arrived
 while it ran are counted (`summary()["overlapped"]`). Cost: up to `lead_us` + the bin's
-jitter of one core spinning per bin (the default 1 ms lead: ~4% of a core at 40 Hz).
+jitter of one core spinning per bin (the default 1 ms lead: ~4% of a core at 40 Hz); with
+the step on a worker, the worker's core too, from its dry step to the bin and for
+`handoff_spin_us` after it (~6% of a second core at 40 Hz with the defaults).
 
 Process-wide settings, applied by `apply_process()` before the engine starts its worker
 (so the worker inherits them): pin to `pin_cpus` (os.sched_setaffinity); SCHED_FIFO when
@@ -60,7 +65,10 @@ import numpy as np
 import zmq
 
 from decoder_runtime.messages import TOPIC, Flag
-from decoder_runtime.stepping import ThreadedStepper
+from decoder_runtime.core import BinCore, GapPolicy
+from decoder_runtime.spin import CELLS, Spinner
+from decoder_runtime.stepping import InlineStepper, ThreadedStepper
+from decoder_runtime.timing import STAGES
 from decoder_runtime.validate import Validator
 
 if TYPE_CHECKING:
@@ -69,6 +77,7 @@ if TYPE_CHECKING:
 
 WINDOW = 40  # bins over which the earliest arrival phase is taken (1 s at 40 Hz)
 SPIN_US = 3000.0  # default poll past the prediction for a replay (its own pacer spins anyway)
+POLL_PAUSE_NS = 20_000  # GIL-free pause between polls for a bin while a worker steps (20 us)
 GC_EVERY = 40  # bins between young-generation collections when the collector is off in the loop
 _GAP = int(Flag.GAP)
 
@@ -193,6 +202,39 @@ def _arrival_period_s(source: Source) -> float | None:
     return source.period
 
 
+class _DryStepper:
+    """The stepper's seat in the scratch core: the live stepper's dry step (inline, or queued to its worker)."""
+
+    def __init__(self, live: InlineStepper | ThreadedStepper) -> None:
+        self.live = live
+        self.flags = 0
+        self.begin = self.end = 0
+        self._y = np.zeros(2, dtype=np.float32)
+
+    def reset(self) -> None:
+        pass
+
+    def step(self, k: int, x: np.ndarray, until_ns: int) -> np.ndarray:
+        self.begin = time.monotonic_ns()
+        self.live.warm()
+        self.end = time.monotonic_ns()
+        return self._y
+
+
+def _scratch_core(core: BinCore) -> BinCore:
+    """A BinCore that runs the live core's code on its own state: the same validator settings,
+    a copy of the adapter, the fallback's filter over its own ring, and the dry step."""
+    v = core.validator
+    validator = Validator(v.n_channels, v.period, v.fill, v.policy, late_s=v.late_s, gap_factor=v.gap_s / v.period)
+    fallback = None
+    if core.fallback is not None:
+        fallback = copy.copy(core.fallback)
+        fallback._ring = np.zeros_like(core.fallback._ring)
+        fallback._y = np.zeros_like(core.fallback._y)
+    return BinCore(validator, _DryStepper(core.stepper), adapter=copy.deepcopy(core.adapter), fallback=fallback,
+                   on_gap=GapPolicy.KEEP)
+
+
 class BinWaiter:
     """The engine's wait for the next bin: plain, or with a warm pass and a spin before it.
 
@@ -223,16 +265,14 @@ class BinWaiter:
         spin_us = s.spin_us if s.spin_us is not None else SPIN_US if hasattr(engine.source, "pacer") else 0.0
         self._spin_ns = int(spin_us * 1e3)
         # inline steps only: a worker thread would still be in a repeated dry step when the bin came
-        self._repeat = bool(s.repeat and self._spin_ns and not isinstance(engine.core.stepper, ThreadedStepper))
+        threaded = isinstance(engine.core.stepper, ThreadedStepper)
+        self._repeat = bool(s.repeat and self._spin_ns and not threaded)
+        # polling a replay holds the GIL; with the step on a worker, poll between GIL-free pauses
+        self._pause = Spinner(np.zeros(CELLS, dtype=np.int64)) if threaded and self._spin_ns else None
         if self._predictor is not None:
-            core = engine.core
-            self._scratch_validator = Validator(engine.source.n_channels, engine.period, core.validator.fill,
-                                                core.validator.policy)
-            self._scratch_fallback = None
-            if core.fallback is not None:  # the same filter over its own ring
-                self._scratch_fallback = copy.copy(core.fallback)
-                self._scratch_fallback._ring = np.zeros_like(core.fallback._ring)
-                self._scratch_fallback.reset()
+            self._scratch_core = _scratch_core(engine.core)
+            self._scratch_stamps = np.zeros(len(STAGES), dtype=np.int64)
+            self._scratch_t = 0.0
             self._open_scratch_socket()
             self._log = np.zeros(1 << 16, dtype=np.int64)
         if s.freeze_gc:
@@ -279,6 +319,8 @@ class BinWaiter:
         if due - mono() < self._pass_ns:
             self.counts["skipped_no_time"] += 1
             return source.pull(timeout_s)
+        # a step on a worker: it spins for the bin (GIL released) from its dry step until then
+        self._engine.core.stepper.expect(due + max(self._spin_ns, int(s.lead_us * 1e3)))
         self._warm_pass()
         got = source.pull(0.0)
         if got is not None:
@@ -292,11 +334,14 @@ class BinWaiter:
                     self.counts["overlapped"] += 1
                     return got
         spin_end = due + self._spin_ns
+        pause = self._pause
         while self._spin_ns and mono() < spin_end:
             got = source.pull(0.0)
             if got is not None:
                 self.counts["spun_to_bin"] += 1
                 return got
+            if pause is not None:  # let the step's worker take the GIL for its dry step (decoder_runtime.spin)
+                pause.pause_until(min(mono() + POLL_PAUSE_NS, due - POLL_PAUSE_NS))  # none in the last 20 us
         self.counts["blocked_after_spin" if self._spin_ns else "blocked_after_warm"] += 1
         return source.pull(timeout_s)
 
@@ -312,16 +357,14 @@ class BinWaiter:
             gc.collect(0)
 
     def _warm_pass(self) -> None:
-        """Run every stage that can run without effect: dry step, scratch validate, pack, scratch send."""
+        """The bin's path without effect: BinCore.decode on the scratch core, pack, scratch send."""
         t0 = time.monotonic_ns()
         e = self._engine
-        e.core.stepper.warm()
-        x = e.core.validator.x
-        self._scratch_validator.reset()
-        self._scratch_validator.check(x, 1.0, 0.0)
-        if self._scratch_fallback is not None:
-            self._scratch_fallback.push(x)
-        body = e.packer.pack(self._k, 0.0, 0.0, 0.0, 0.0, 0, t0, (0, 0, 0))
+        scratch = self._scratch_core
+        self._scratch_t += e.period  # an in-line timeline: the scratch validator takes the common path
+        scratch.decode(self._k, e.core.validator.x, self._scratch_t, 0.0, 0, 0, self._scratch_stamps)
+        scratch.adapter.events.clear()
+        body = e.packer.pack(self._k, self._scratch_t, scratch.vx, scratch.vy, 0.0, 0, t0, (0, 0, 0))
         if self._scratch_sock is not None:  # the live Publisher.send's two calls, on a socket with no peer
             self._scratch_sock.send(TOPIC, zmq.SNDMORE | zmq.NOBLOCK)
             self._scratch_sock.send(body, zmq.NOBLOCK)

@@ -108,7 +108,8 @@ def cli(*args: str, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "spikestream", *args], cwd=REPO, env=env, **popen)
 
 
-_SECTION = {"deadline_ms": "deadline", "reserve_us": "deadline", "max_backlog": "deadline", "bad_bin": "validation",
+_SECTION = {"deadline_ms": "deadline", "reserve_us": "deadline", "max_backlog": "deadline",
+            "handoff_spin_us": "deadline", "bad_bin": "validation",
             "late_ms": "validation", "on_gap": "validation", "record": "output", "zmq": "output", "wait_subscriber_s": "output",
             "method": "adapt", "tau_s": "adapt"}
 

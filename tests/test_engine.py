@@ -78,11 +78,13 @@ def test_inline_run_equals_offline_step(env):
     assert (np.diff(r.stamps, axis=1)[:, [0, 1, 5, 6]] >= 0).all()  # stage stamps in order
 
 
-def test_slow_steps_get_the_fallback_on_time_and_the_state_stays_exact(env):
+@pytest.mark.parametrize("handoff_spin_us", [500.0, 0.0], ids=["spinning-handoff", "queue-handoff"])
+def test_slow_steps_get_the_fallback_on_time_and_the_state_stays_exact(env, handoff_spin_us):
     s, art, _ = env
     n, slow = 200, {40, 41, 100}
     backend = SlowFor(make_backend(art, "torch", "cpu", 1), slow, 0.030)
-    r = h.run(art, ReplaySource.from_session(s.slice(0, n), speed=2.0), backend, deadline_ms=10.0)
+    r = h.run(art, ReplaySource.from_session(s.slice(0, n), speed=2.0), backend, deadline_ms=10.0,
+              handoff_spin_us=handoff_spin_us)
     ref = h.offline(art.model, s.counts[:n])
     fb_ref = h.offline(art.fallback, s.counts[:n])
     missed = (r.flags & Flag.DEADLINE) != 0
