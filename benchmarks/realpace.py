@@ -6,7 +6,7 @@ measures both, alternated in rounds so that load from other work falls on every 
 
 - `replay` at `--speed max` and at `--speed 1` (40 Hz), with the model's step inline
   (`--deadline-ms 0`) and on the worker thread (the default 10 ms deadline), at 40 Hz with
-  keep-warm off (`--no-keep-warm --no-freeze-gc`, the loop as it was) and on (the default);
+  keep-warm off (`--no-keep-warm --no-freeze-gc --handoff-spin-us 0`, the loop as it was) and on (the default);
 - end to end, LSL outlet → runtime → ZeroMQ subscriber (benchmarks.e2e): the bare relay with
   no model (benchmarks.bare_relay, the floor on this machine), then `serve` with keep-warm
   off and on.
@@ -28,7 +28,7 @@ from decoder_runtime.timing import latencies
 from benchmarks.stats import summarize
 
 Log = Callable[[str], None]
-COLD = ("--no-keep-warm", "--no-freeze-gc")  # the loop before keep-warm
+COLD = ("--no-keep-warm", "--no-freeze-gc", "--handoff-spin-us", "0")  # the loop before keep-warm
 ARRIVAL_TO_SENT = "arrival → sent"
 SETTLE_BINS = 40  # first bins of each round not measured (start-up, connections settling)
 RATIO = "× ref p50 / p99"

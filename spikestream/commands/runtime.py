@@ -35,6 +35,10 @@ BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="auto | tor
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu (default) or cuda[:N].")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="Intra-op threads for the backend (>= 1).")]
 DeadlineOpt = Annotated[Optional[float], typer.Option("--deadline-ms", help="Latency bound per bin (default 10): if the model is not done by then, send the fallback decoder's velocity, flagged. 0 = no bound (step inline).")]
+HandoffSpinOpt = Annotated[Optional[float], typer.Option(
+    "--handoff-spin-us", help="With a deadline (step on a worker thread): how long the loop and the worker spin for "
+                              "each other's hand-off, GIL released, instead of sleeping on a queue (us, default 500; "
+                              "0 = sleep). Costs a spinning core for that long per bin.")]
 OnGapOpt = Annotated[Optional[str], typer.Option("--on-gap", help="After a gap in the input: 'reset' (default) the decoder state or 'keep' it.")]
 BadBinOpt = Annotated[Optional[str], typer.Option("--bad-bin", help="Bad counts (wrong length, NaN/inf, negative): 'impute' (default) with the training mean and decode, or 'hold' the last velocity.")]
 LateOpt = Annotated[Optional[float], typer.Option("--late-ms", help="Flag bins arriving more than this after their timestamp as LATE (> 0; default: one bin).")]
@@ -172,6 +176,7 @@ RUNTIME_OPTIONS = (
     ("backend", BackendOpt, "model.backend"), ("device", DeviceOpt, "model.device"),
     ("threads", ThreadsOpt, "model.threads"), ("zmq", ZmqOpt, "output.zmq"), ("record", RecordOpt, "output.record"),
     ("lsl_out", LslOutOpt, "output.lsl_out"), ("deadline_ms", DeadlineOpt, "deadline.deadline_ms"),
+    ("handoff_spin_us", HandoffSpinOpt, "deadline.handoff_spin_us"),
     ("on_gap", OnGapOpt, "validation.on_gap"), ("bad_bin", BadBinOpt, "validation.bad_bin"),
     ("late_ms", LateOpt, "validation.late_ms"), ("max_bins", MaxBinsOpt, "max_bins"),
     ("adapt", AdaptOpt, "adapt.method"), ("adapt_tau", AdaptTauOpt, "adapt.tau_s"),
