@@ -14,9 +14,9 @@ next bin -- does this:
    bin runs -- on a scratch core (`_scratch_core`: a validator with the live one's settings,
    a copy of the adapter, the fallback's filter over its own ring, and the model's step on a
    scratch copy of its state (`dry_step`: same weights, same code, same input buffer; on the
-   worker thread when the step runs there), then the message packer and a send of the packed
-   message through a scratch ZeroMQ socket (inproc, no peer: the same pyzmq/libzmq code,
-   nothing on the wire). The live state and every output are untouched; only the recorder
+   worker thread when the step runs there), then the message packer and each output's
+   `warm(body)` (decoder_runtime.publish.Publisher.warm: the send path, nothing delivered).
+   The live state and every output are untouched; only the recorder
    is not warmed (it runs after the message is out). With the step on a worker, the worker
    is also told when the bin is due (`ThreadedStepper.expect`): after its dry step it spins
    for the bin with the GIL released instead of sleeping on its queue (decoder_runtime.spin).
@@ -62,9 +62,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import zmq
 
-from decoder_runtime.messages import TOPIC, Flag
+from decoder_runtime.messages import Flag
 from decoder_runtime.core import BinCore, GapPolicy
 from decoder_runtime.spin import CELLS, Spinner
 from decoder_runtime.stepping import InlineStepper, ThreadedStepper
@@ -253,7 +252,6 @@ class BinWaiter:
         self._pass_ns = 0  # duration of the last warm pass
         self._spin_ns = 0
         self._gc_was_enabled = False
-        self._scratch_sock = None
 
     # --- life cycle ------------------------------------------------------------------
     def start(self, engine: Engine) -> None:
@@ -273,7 +271,7 @@ class BinWaiter:
             self._scratch_core = _scratch_core(engine.core)
             self._scratch_stamps = np.zeros(len(STAGES), dtype=np.int64)
             self._scratch_t = 0.0
-            self._open_scratch_socket()
+            self._warm_outputs = tuple(o.warm for o in engine.outputs if hasattr(o, "warm"))
             self._log = np.zeros(1 << 16, dtype=np.int64)
         if s.freeze_gc:
             gc.collect()
@@ -286,18 +284,8 @@ class BinWaiter:
             if self._gc_was_enabled:
                 gc.enable()
             gc.unfreeze()
-        if self._scratch_sock is not None:
-            self._scratch_sock.close(linger=0)
-            self._scratch_sock = None
         if self._predictor is not None:
             self.warm_ns = self._log[:min(self.counts["warm_passes"], self._log.shape[0])].copy()
-
-    def _open_scratch_socket(self) -> None:
-        if not self._engine.outputs:
-            return
-        self._scratch_sock = zmq.Context.instance().socket(zmq.XPUB)
-        self._scratch_sock.setsockopt(zmq.LINGER, 0)
-        self._scratch_sock.bind(f"inproc://spikestream-warm-{id(self)}")
 
     # --- per bin -----------------------------------------------------------------------
     def pull(self, timeout_s: float) -> Pulled | None:
@@ -365,9 +353,8 @@ class BinWaiter:
         scratch.decode(self._k, e.core.validator.x, self._scratch_t, 0.0, 0, 0, self._scratch_stamps)
         scratch.adapter.events.clear()
         body = e.packer.pack(self._k, self._scratch_t, scratch.vx, scratch.vy, 0.0, 0, t0, (0, 0, 0))
-        if self._scratch_sock is not None:  # the live Publisher.send's two calls, on a socket with no peer
-            self._scratch_sock.send(TOPIC, zmq.SNDMORE | zmq.NOBLOCK)
-            self._scratch_sock.send(body, zmq.NOBLOCK)
+        for warm in self._warm_outputs:  # each output's send path, delivering nothing (Publisher.warm)
+            warm(body)
         took = time.monotonic_ns() - t0
         # what the next pass is expected to take; a pass the OS preempted says nothing about
         # the next, so the estimate never exceeds half the lead

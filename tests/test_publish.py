@@ -62,6 +62,26 @@ def test_wait_for_subscriber_and_topic():
     sub.close()
 
 
+def test_a_warm_send_reaches_no_subscriber_not_even_one_to_every_topic():
+    addr = f"tcp://127.0.0.1:{h.free_port()}"
+    pub = Publisher(addr)
+    everything = zmq.Context.instance().socket(zmq.SUB)
+    everything.setsockopt(zmq.LINGER, 0)
+    everything.connect(addr)
+    everything.setsockopt(zmq.SUBSCRIBE, b"")
+    try:
+        assert pub.wait_for_subscriber(5.0)
+        for _ in range(3):
+            pub.warm(b"warm")
+        assert pub.send(b"live")
+        assert everything.poll(5000)
+        assert everything.recv_multipart() == [TOPIC, b"live"]  # the first message it sees is the live one
+        assert not everything.poll(200)
+    finally:
+        pub.close()
+        everything.close()
+
+
 @pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
 def test_curve_only_lets_keyed_clients_in(tmp_path):
     server_public, server_secret = zmq.auth.create_certificates(tmp_path, "server")
