@@ -12,6 +12,8 @@ are always one contiguous oldest-first slice: no copy or roll per bin.
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from models.artifact import Artifact
@@ -45,6 +47,14 @@ class WienerFallback:
             return t.detach().cpu().numpy()
         return cls(arr(module.linear.weight), arr(module.linear.bias), int(module.history),
                    arr(module.x_mean), arr(module.x_std), arr(module.y_mean), arr(module.y_std))
+
+    def scratch(self) -> "WienerFallback":
+        """The same filter over its own (zeroed) ring and output: for the keep-warm pass (decoder_runtime.warm)."""
+        twin = copy.copy(self)
+        twin._ring = np.zeros_like(self._ring)
+        twin._y = np.zeros_like(self._y)
+        twin._next = 0
+        return twin
 
     def reset(self) -> None:
         self._ring[:] = 0.0

@@ -225,11 +225,7 @@ def _scratch_core(core: BinCore) -> BinCore:
     a copy of the adapter, the fallback's filter over its own ring, and the dry step."""
     v = core.validator
     validator = Validator(v.n_channels, v.period, v.fill, v.policy, late_s=v.late_s, gap_factor=v.gap_s / v.period)
-    fallback = None
-    if core.fallback is not None:
-        fallback = copy.copy(core.fallback)
-        fallback._ring = np.zeros_like(core.fallback._ring)
-        fallback._y = np.zeros_like(core.fallback._y)
+    fallback = None if core.fallback is None else core.fallback.scratch()
     return BinCore(validator, _DryStepper(core.stepper), adapter=copy.deepcopy(core.adapter), fallback=fallback,
                    on_gap=GapPolicy.KEEP)
 
