@@ -15,7 +15,8 @@ Hand-off: the queues carry the work; while an answer is expected soon the waitin
 for it on shared counters with the GIL released instead of sleeping on the queue
 (decoder_runtime.spin: each sleep costs a wake-up of tens of microseconds on a VM). The
 loop spins up to `handoff_spin_us` for the worker's answer; the worker spins as long after
-each bin for the next, and, when the keep-warm pass says a bin is due (`expect`), until then.
+each bin for the next, and, when the keep-warm pass says a bin is due (`expect`), runs dry
+steps up to it and spins for it until then.
 `handoff_spin_us=0`: both sleep on the queues.
 """
 from __future__ import annotations
@@ -60,8 +61,8 @@ class InlineStepper:
         if dry is not None:
             dry()
 
-    def expect(self, until_ns: int) -> None:
-        """A bin is due before until_ns: nothing to prepare inline."""
+    def expect(self, due_ns: int, until_ns: int) -> None:
+        """A bin is due at due_ns: nothing to prepare inline."""
 
     def step(self, k: int, x: np.ndarray, until_ns: int) -> np.ndarray:
         self.begin = time.monotonic_ns()
@@ -99,6 +100,7 @@ class ThreadedStepper:
         self._cells = np.zeros(CELLS, dtype=np.int64)
         self._spinner = Spinner(self._cells) if self._spin_ns else None
         self._posted = 0  # items put on _todo (the POSTED cell)
+        self._due_ns = 0  # when the next bin is expected (set by the keep-warm pass; 0: not known)
         self._answers = 0  # items taken from _done
         self.submitted = 0  # bins handed to the worker
         self.completed = 0  # bins the worker has finished (written by the worker only)
@@ -150,7 +152,7 @@ class ThreadedStepper:
                 backend.reset()
                 continue
             if j == _WARM_TOKEN:
-                dry()
+                self._dry_until_due(dry, taken)
                 self.warm_pending = False
                 continue
             s = j % slots
@@ -175,9 +177,22 @@ class ThreadedStepper:
     def reset(self) -> None:
         self._post(_RESET_TOKEN)
 
-    def expect(self, until_ns: int) -> None:
-        """A bin is due before until_ns: the worker spins for it until then instead of sleeping."""
+    def expect(self, due_ns: int, until_ns: int) -> None:
+        """A bin is due at due_ns: the worker's dry steps go on up to it, then it spins for the bin
+        until until_ns instead of sleeping."""
+        self._due_ns = due_ns
         self._cells[UNTIL] = until_ns
+
+    def _dry_until_due(self, dry, taken: int) -> None:
+        """Dry steps up to the predicted bin: each starts only if one twice as long as the last
+        still ends before it, and none starts once anything is posted (on the worker thread)."""
+        mono, cells = time.monotonic_ns, self._cells
+        while True:
+            t = mono()
+            dry()
+            took = mono() - t
+            if cells[POSTED] != taken or self._due_ns - mono() <= 2 * took:
+                return
 
     def warm(self) -> None:
         """Have the worker run a dry step on its own thread (its core's caches), if the backend has one."""

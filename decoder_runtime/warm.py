@@ -18,7 +18,7 @@ next bin -- does this:
    `warm(body)` (decoder_runtime.publish.Publisher.warm: the send path, nothing delivered).
    The live state and every output are untouched; only the recorder
    is not warmed (it runs after the message is out). With the step on a worker, the worker
-   is also told when the bin is due (`ThreadedStepper.expect`): after its dry step it spins
+   is also told when the bin is due (`ThreadedStepper.expect`): after its dry steps it spins
    for the bin with the GIL released instead of sleeping on its queue (decoder_runtime.spin).
 3. Then it waits for the bin. A replay is polled without sleeping (`pull(0)`, up to `spin_us`
    past the prediction; its pacer spins the last 1 ms anyway); with `repeat` (default) the
@@ -26,9 +26,11 @@ next bin -- does this:
    one twice as long as the last ends before the predicted bin (measured: the first pass of a bin
    is cold, ~250 us; the ones after it are a fraction of that, and they keep the path hot up
    to the bin instead of ~750 us before it). Inline steps only: with the step on a worker
-   thread, a repeated dry step was still running there when a third of the bins came, and
-   gained nothing; there the poll pauses 20 us between polls with the GIL released, so the
-   worker can run its dry step. An LSL inlet is waited on in
+   thread, whole passes repeated on the loop kept the GIL from the worker (hand-off p50 30 ->
+   110-138 us, measured) and dry steps queued from the loop were still running there when a
+   third of the bins came. There the worker repeats its own dry steps up to the predicted bin
+   by the same rule, and stops as soon as anything is posted (model step at 40 Hz p50 36-41 ->
+   31-32 us, 3 rounds); the loop polls with a 20 us GIL-free pause between polls. An LSL inlet is waited on in
    liblsl (blocking pull) by default: the sample reaches the inlet through liblsl's own
    receive thread, and on a 2-core machine a spinning loop starves that thread (measured:
    push -> receive p50 4.1 ms spinning vs 0.75 ms blocking, same run, load ~20).
@@ -304,7 +306,7 @@ class BinWaiter:
             self.counts["skipped_no_time"] += 1
             return source.pull(timeout_s)
         # a step on a worker: it spins for the bin (GIL released) from its dry step until then
-        self._engine.core.stepper.expect(due + max(self._spin_ns, int(s.lead_us * 1e3)))
+        self._engine.core.stepper.expect(due, due + max(self._spin_ns, int(s.lead_us * 1e3)))
         self._warm_pass()
         got = source.pull(0.0)
         if got is not None:
