@@ -1,6 +1,7 @@
 """The runtime's loop: one bin at a time, source -> validate -> adapt -> step -> publish -> record.
 
-Read `Engine.run` top to bottom: that is everything that happens to a bin in a session.
+Read `Engine.run`, then `Engine.bin`, top to bottom: that is everything that happens to a bin
+in a session (the keep-warm pass runs `Engine.bin` too, on a scratch lane).
 What happens to the bin's counts (validate, adapt, step under the deadline with the fallback,
 observe) is `decoder_runtime.core.BinCore.decode`, the same call offline evaluation makes;
 the engine adds what only a live session has: the source's clock, the deadline's start,
@@ -36,7 +37,7 @@ from decoder_runtime.config import RuntimeConfig
 from decoder_runtime.core import BinCore
 from decoder_runtime.messages import MessagePacker
 from decoder_runtime.record import SessionRecorder
-from decoder_runtime.sources import Source
+from decoder_runtime.sources import Pulled, Source
 from decoder_runtime.timing import ADAPTED, ARRIVAL, RECORDED, SENT, STAGES, STEPPED, VALIDATED, summarize
 from decoder_runtime.warm import BinWaiter
 
@@ -69,6 +70,20 @@ class RunResult:
         """decoder_runtime.timing's summary of this run: latencies, misses, flag counts."""
         return {**summarize(self.stamps, self.flags, self.period, drops=self.drops, events=len(self.events)),
                 "warm": self.warm}
+
+
+@dataclass
+class Lane:
+    """What a bin's work writes to: the session's (`Engine.live`), or the keep-warm pass's scratch
+    twin (`Engine.scratch_lane`), so that the pass runs the very code a bin runs."""
+
+    core: BinCore
+    outputs: tuple[Output, ...]
+    recorder: SessionRecorder | None
+    stamps: np.ndarray  # int64[N, len(STAGES)]
+    flags: np.ndarray  # int32[N]
+    vel: np.ndarray  # float32[N, 2]
+    t_src: np.ndarray  # float64[N]
 
 
 class Engine:
@@ -108,6 +123,12 @@ class Engine:
                 arr[:n] = getattr(self, name)
             setattr(self, name, arr)
         self.core.stepper.model_vel = self.model_vel
+        self.live = Lane(self.core, self.outputs, self.recorder, self.stamps, self.flags, self.vel, self.t_src)
+
+    def scratch_lane(self, core: BinCore, outputs: Sequence[Output]) -> Lane:
+        """A lane for bins that change nothing: `core` a scratch core, no recorder, a one-row log."""
+        return Lane(core, tuple(outputs), None, np.zeros((1, len(STAGES)), dtype=np.int64),
+                    np.zeros(1, dtype=np.int32), np.zeros((1, 2), dtype=np.float32), np.zeros(1, dtype=np.float64))
 
     def _event(self, n: int, text: str) -> None:
         line = f"bin {n}: {text}"
@@ -128,6 +149,35 @@ class Engine:
         if self.between_bins is not None:
             self.between_bins(n)
 
+    def bin(self, lane: Lane, n: int, got: Pulled, t_arr: int, deadline_ns: int) -> int:
+        """Bin n, pulled at t_arr: validate, adapt, step, publish, record, into `lane`; its flags.
+
+        The keep-warm pass calls this too, on a scratch lane (decoder_runtime.warm)."""
+        mono = time.monotonic_ns
+        counts, t_src, lag_s, flags = got
+        row = lane.stamps[n]
+        row[ARRIVAL] = t_arr
+        core = lane.core
+        # 2-4. validate, adapt, step (answered by the deadline), observe
+        flags = core.decode(n, counts, t_src, lag_s, flags, t_arr + deadline_ns, row)
+        vx, vy = core.vx, core.vy
+        # 5. publish
+        if lane.outputs:
+            st = row[VALIDATED] - t_arr, row[ADAPTED] - row[VALIDATED], row[STEPPED] - row[ADAPTED]
+            body = self.packer.pack(n, t_src, vx, vy, (mono() - t_arr) / 1e3, flags, t_arr,
+                                    (int(st[0]) // 1000, int(st[1]) // 1000, int(st[2]) // 1000))
+            for out in lane.outputs:
+                out.send(body)
+        row[SENT] = mono()
+        # 6. record
+        if lane.recorder is not None:
+            lane.recorder.add(counts, t_src, vx, vy, flags, n)
+        row[RECORDED] = mono()
+        lane.flags[n] = flags
+        lane.vel[n] = vx, vy
+        lane.t_src[n] = t_src
+        return flags
+
     def run(self, stop: threading.Event | None = None) -> RunResult:
         """Decode until the source ends, `max_bins` bins, or `stop` is set; returns the log."""
         stop = stop or threading.Event()
@@ -135,8 +185,7 @@ class Engine:
         max_bins = cfg.max_bins or math.inf
         d = cfg.deadline
         deadline_ns = int(d.deadline_ms * 1e6 - d.reserve_us * 1e3) if d.bounded else 0
-        source, core, outputs, recorder, pack = self.source, self.core, self.outputs, self.recorder, self.packer.pack
-        waiter = self.waiter
+        source, core, waiter = self.source, self.core, self.waiter
         mono = time.monotonic_ns
         n = 0
         next_break = cfg.flush_every
@@ -155,27 +204,8 @@ class Engine:
                         break
                     self._between_bins(n)
                     continue
-                counts, t_src, lag_s, flags = got
-                row = self.stamps[n]
-                row[ARRIVAL] = t_arr
-                # 2-4. validate, adapt, step (answered by the deadline), observe
-                flags = core.decode(n, counts, t_src, lag_s, flags, t_arr + deadline_ns, row)
-                vx, vy = core.vx, core.vy
-                # 5. publish
-                if outputs:
-                    st = row[VALIDATED] - t_arr, row[ADAPTED] - row[VALIDATED], row[STEPPED] - row[ADAPTED]
-                    body = pack(n, t_src, vx, vy, (mono() - t_arr) / 1e3, flags, t_arr,
-                                (int(st[0]) // 1000, int(st[1]) // 1000, int(st[2]) // 1000))
-                    for out in outputs:
-                        out.send(body)
-                row[SENT] = mono()
-                # 6. record
-                if recorder is not None:
-                    recorder.add(counts, t_src, vx, vy, flags, n)
-                row[RECORDED] = mono()
-                self.flags[n] = flags
-                self.vel[n] = vx, vy
-                self.t_src[n] = t_src
+                # 2-6. the bin's own work, into the session's lane
+                flags = self.bin(self.live, n, got, t_arr, deadline_ns)
                 waiter.took(t_arr, flags)
                 n += 1
                 if n == next_break:
@@ -186,7 +216,7 @@ class Engine:
             waiter.stop()
             core.finish(timeout_s=5.0)
             self._between_bins(n)
-        drops = sum(getattr(o, "drops", 0) for o in outputs)
+        drops = sum(getattr(o, "drops", 0) for o in self.outputs)
         return RunResult(stamps=self.stamps[:n], flags=self.flags[:n], velocity=self.vel[:n],
                          model_vel=self.model_vel[:n], t_src=self.t_src[:n], period=self.period,
                          events=list(self.events), drops=drops, warm=waiter.summary())

@@ -10,14 +10,14 @@ next bin -- does this:
 1. Right after a bin is out, nothing: the loop waits for the next bin the ordinary way
    (liblsl's blocking pull, or a replay's sleep) until `lead_us` before the bin's predicted
    arrival. A bin that comes earlier is returned at once: the wait is the source's own pull.
-2. At `lead_us` before the prediction, one *warm pass*: `BinCore.decode` -- the very code a
-   bin runs -- on a scratch core (`_scratch_core`: a validator with the live one's settings,
+2. At `lead_us` before the prediction, one *warm pass*: `Engine.bin` -- the very code a bin
+   runs -- on a scratch lane: a scratch core (`_scratch_core`: a validator with the live one's settings,
    a copy of the adapter, the fallback's filter over its own ring, and the model's step on a
    scratch copy of its state (`dry_step`: same weights, same code, same input buffer; on the
-   worker thread when the step runs there), then the message packer and each output's
-   `warm(body)` (decoder_runtime.publish.Publisher.warm: the send path, nothing delivered).
-   The live state and every output are untouched; only the recorder
-   is not warmed (it runs after the message is out). With the step on a worker, the worker
+   worker thread when the step runs there), each output's `warm(body)` in place of its send
+   (decoder_runtime.publish.Publisher.warm: the send path, nothing delivered), no recorder (it
+   runs after the message is out) and a one-row log. The live state and every output are
+   untouched. With the step on a worker, the worker
    is also told when the bin is due (`ThreadedStepper.expect`): after its dry steps it spins
    for the bin with the GIL released instead of sleeping on its queue (decoder_runtime.spin).
 3. Then it waits for the bin. A replay is polled without sleeping (`pull(0)`, up to `spin_us`
@@ -69,7 +69,6 @@ from decoder_runtime.messages import Flag
 from decoder_runtime.core import BinCore, GapPolicy
 from decoder_runtime.spin import CELLS, Spinner
 from decoder_runtime.stepping import InlineStepper, ThreadedStepper
-from decoder_runtime.timing import STAGES
 from decoder_runtime.validate import Validator
 
 if TYPE_CHECKING:
@@ -222,6 +221,18 @@ class _DryStepper:
         return self._y
 
 
+class _WarmOutput:
+    """An output's seat in the scratch lane: its send path with nothing delivered (Publisher.warm),
+    or nothing for an output without one (the message is still packed, as for the live bin)."""
+
+    def __init__(self, output) -> None:
+        self.send = getattr(output, "warm", None) or _deliver_nothing
+
+
+def _deliver_nothing(body: bytes) -> bool:
+    return False
+
+
 def _scratch_core(core: BinCore) -> BinCore:
     """A BinCore that runs the live core's code on its own state: the same validator settings,
     a copy of the adapter, the fallback's filter over its own ring, and the dry step."""
@@ -267,9 +278,8 @@ class BinWaiter:
         self._pause = Spinner(np.zeros(CELLS, dtype=np.int64)) if threaded and self._spin_ns else None
         if self._predictor is not None:
             self._scratch_core = _scratch_core(engine.core)
-            self._scratch_stamps = np.zeros(len(STAGES), dtype=np.int64)
+            self._lane = engine.scratch_lane(self._scratch_core, [_WarmOutput(o) for o in engine.outputs])
             self._scratch_t = 0.0
-            self._warm_outputs = tuple(o.warm for o in engine.outputs if hasattr(o, "warm"))
             self._log = np.zeros(1 << 16, dtype=np.int64)
         if s.freeze_gc:
             gc.collect()
@@ -343,16 +353,12 @@ class BinWaiter:
             gc.collect(0)
 
     def _warm_pass(self) -> None:
-        """The bin's path without effect: BinCore.decode on the scratch core, pack, scratch send."""
+        """The bin's own code on the scratch lane (Engine.bin): changes nothing, delivers nothing."""
         t0 = time.monotonic_ns()
         e = self._engine
-        scratch = self._scratch_core
         self._scratch_t += e.period  # an in-line timeline: the scratch validator takes the common path
-        scratch.decode(self._k, e.core.validator.x, self._scratch_t, 0.0, 0, 0, self._scratch_stamps)
-        scratch.adapter.events.clear()
-        body = e.packer.pack(self._k, self._scratch_t, scratch.vx, scratch.vy, 0.0, 0, t0, (0, 0, 0))
-        for warm in self._warm_outputs:  # each output's send path, delivering nothing (Publisher.warm)
-            warm(body)
+        e.bin(self._lane, 0, (e.core.validator.x, self._scratch_t, 0.0, 0), t0, 0)
+        self._scratch_core.adapter.events.clear()
         took = time.monotonic_ns() - t0
         # what the next pass is expected to take; a pass the OS preempted says nothing about
         # the next, so the estimate never exceeds half the lead
