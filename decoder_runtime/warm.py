@@ -271,7 +271,7 @@ class BinWaiter:
         self._predictor = ArrivalPredictor(period * 1e9) if s.keep_warm and period else None
         spin_us = s.spin_us if s.spin_us is not None else SPIN_US if hasattr(engine.source, "pacer") else 0.0
         self._spin_ns = int(spin_us * 1e3)
-        # inline steps only: a worker thread would still be in a repeated dry step when the bin came
+        # inline steps only: a worker repeats its own dry steps (ThreadedStepper.expect)
         threaded = isinstance(engine.core.stepper, ThreadedStepper)
         self._repeat = bool(s.repeat and self._spin_ns and not threaded)
         # polling a replay holds the GIL; with the step on a worker, poll between GIL-free pauses
