@@ -77,11 +77,14 @@ class LSLReplaySource:
         return got
 
     def pacing(self) -> dict:
-        """The outlet process's release-error statistics (after close)."""
+        """The outlet process's release-error statistics: written when it exits, so once every bin
+        has been pulled this waits for it (it is done pushing); {} before that."""
+        if self.finished:
+            self._end_child()
         return self.pacing_stats
 
-    def close(self) -> None:
-        self._inlet.close()
+    def _end_child(self) -> None:
+        """Wait for the outlet process (terminate it after 10 s) and read its statistics."""
         try:
             self._proc.wait(10)
         except subprocess.TimeoutExpired:
@@ -90,6 +93,10 @@ class LSLReplaySource:
         if self._stats.is_file():
             self.pacing_stats = json.loads(self._stats.read_text())
             self._stats.unlink()
+
+    def close(self) -> None:
+        self._inlet.close()
+        self._end_child()
 
     def describe(self) -> dict:
         return {**self._inlet.describe(), "via": "stream-nwb child process"}
