@@ -101,6 +101,7 @@ class ThreadedStepper:
         self._spinner = Spinner(self._cells) if self._spin_ns else None
         self._posted = 0  # items put on _todo (the POSTED cell)
         self._due_ns = 0  # when the next bin is expected (set by the keep-warm pass; 0: not known)
+        self.dry_overlapped = 0  # items posted while the worker ran a dry step (they waited for it)
         self._answers = 0  # items taken from _done
         self.submitted = 0  # bins handed to the worker
         self.completed = 0  # bins the worker has finished (written by the worker only)
@@ -191,7 +192,10 @@ class ThreadedStepper:
             t = mono()
             dry()
             took = mono() - t
-            if cells[POSTED] != taken or self._due_ns - mono() <= 2 * took:
+            if cells[POSTED] != taken:  # a bin (or token) came during this dry step and waited for it
+                self.dry_overlapped += 1
+                return
+            if self._due_ns - mono() <= 2 * took:
                 return
 
     def warm(self) -> None:

@@ -371,6 +371,9 @@ class BinWaiter:
     def summary(self) -> dict:
         """What the waiter did over the run: settings, counts, the warm pass's own cost (us)."""
         out: dict = {**self.settings.describe(), **self.counts}
+        stepper = self._engine.core.stepper if self._engine is not None else None
+        if isinstance(stepper, ThreadedStepper):
+            out["worker_dry_overlapped"] = stepper.dry_overlapped
         if self.warm_ns.size:
             us = self.warm_ns / 1e3
             out["warm_pass_us"] = {"p50": float(np.percentile(us, 50)), "p99": float(np.percentile(us, 99)),
