@@ -25,73 +25,77 @@ once, but when the scheduler has put the other thread on the same core (it does,
 2-core VM), a spin without it kept that thread off the core for a whole time slice (measured:
 every fourth bin stalled ~3 ms until the worker's spin ran out).
 
-The clock is libc's clock_gettime(CLOCK_MONOTONIC) called through ctypes (the clock of
-time.monotonic_ns); numba cannot cache a function holding a ctypes pointer, so these compile
-once per process (~0.5 s measured on the 2-core VM), when a worker stepper is built.
+The clock is libc's clock_gettime(CLOCK_MONOTONIC) (the clock of time.monotonic_ns) and the
+yield libc's sched_yield, both declared to LLVM by name in numba intrinsics rather than called
+through ctypes: numba will not cache a function that holds a ctypes pointer, and compiling this
+one at every start cost ~0.5 s of `serve`/`replay` start-up (measured); cached, it loads in ms.
 """
 from __future__ import annotations
 
-import ctypes
-
 import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 POSTED, DONE, UNTIL = range(3)
 CELLS = 3
 NO_CELL = -1
 _CLOCK_MONOTONIC = 1
-
-_libc = ctypes.CDLL(None)
-_clock_gettime = _libc.clock_gettime
-_clock_gettime.argtypes = [ctypes.c_int, ctypes.c_void_p]
-_clock_gettime.restype = ctypes.c_int
-_sched_yield = _libc.sched_yield
-_sched_yield.argtypes = []
-_sched_yield.restype = ctypes.c_int
-_signal_and_spin = None
+_I32, _I64 = ir.IntType(32), ir.IntType(64)
 
 
-def _compile():
-    """The numba spin, compiled on first use (numba is imported only by runtimes that step on a worker)."""
-    from numba import njit
+@intrinsic
+def _now_ns(typingctx):
+    """clock_gettime(CLOCK_MONOTONIC) in ns, on a timespec on the stack."""
+    def codegen(context, builder, signature, args):
+        timespec = ir.LiteralStructType([_I64, _I64])
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32, [_I32, timespec.as_pointer()]),
+                                            "clock_gettime")
+        ts = cgutils.alloca_once(builder, timespec)
+        builder.call(fn, [ir.Constant(_I32, _CLOCK_MONOTONIC), ts])
+        sec = builder.load(cgutils.gep_inbounds(builder, ts, 0, 0))
+        nsec = builder.load(cgutils.gep_inbounds(builder, ts, 0, 1))
+        return builder.add(builder.mul(sec, ir.Constant(_I64, 1_000_000_000)), nsec)
+    return types.int64(), codegen
 
-    @njit(nogil=True)
-    def now_ns(ts):  # pragma: no cover - numba
-        _clock_gettime(_CLOCK_MONOTONIC, ts.ctypes)
-        return ts[0] * 1_000_000_000 + ts[1]
 
-    @njit(nogil=True)
-    def signal_and_spin(cells, write, value, watch, seen, until_ns, until_cell, ts):  # pragma: no cover - numba
-        if write >= 0:
-            cells[write] = value
-        while cells[watch] == seen:
-            end = until_ns if until_cell < 0 else max(until_ns, cells[until_cell])
-            if now_ns(ts) >= end:
-                return False
-            _sched_yield()  # a thread that shares our core runs now (module doc)
-        return True
+@intrinsic
+def _sched_yield(typingctx):
+    """sched_yield(): a thread that shares this core runs now."""
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32, []), "sched_yield")
+        return builder.call(fn, [])
+    return types.int32(), codegen
 
-    return signal_and_spin
+
+@njit(nogil=True, cache=True)
+def _signal_and_spin(cells, write, value, watch, seen, until_ns, until_cell):  # pragma: no cover - numba
+    if write >= 0:
+        cells[write] = value
+    while cells[watch] == seen:
+        end = until_ns if until_cell < 0 else max(until_ns, cells[until_cell])
+        if _now_ns() >= end:
+            return False
+        _sched_yield()  # a thread that shares our core runs now (module doc)
+    return True
 
 
 class Spinner:
-    """One thread's side of the hand-off: its own clock buffer, the shared cells."""
+    """One thread's side of the hand-off: the shared cells (and a cell of its own to pause on)."""
 
     def __init__(self, cells: np.ndarray) -> None:
-        global _signal_and_spin
-        if _signal_and_spin is None:
-            _signal_and_spin = _compile()
-            _signal_and_spin(np.zeros(CELLS, np.int64), POSTED, 0, DONE, 1, 0, UNTIL, np.zeros(2, np.int64))
+        _signal_and_spin(np.zeros(CELLS, np.int64), POSTED, 0, DONE, 1, 0, UNTIL)  # compiled or loaded now, not in a bin
         self._fn = _signal_and_spin
         self.cells = cells
-        self._ts = np.zeros(2, dtype=np.int64)
         self._still = np.zeros(1, dtype=np.int64)  # a cell nobody writes: spinning on it is pausing
 
     def signal_and_spin(self, write: int, value: int, watch: int, seen: int, until_ns: int,
                         until_cell: int = NO_CELL) -> bool:
         """cells[write] = value (write < 0: nothing), then spin until cells[watch] != seen; False if
         the clock reached until_ns (or cells[until_cell], whichever is later) first. GIL released."""
-        return self._fn(self.cells, write, value, watch, seen, until_ns, until_cell, self._ts)
+        return self._fn(self.cells, write, value, watch, seen, until_ns, until_cell)
 
     def pause_until(self, until_ns: int) -> None:
         """Busy-wait until the clock reaches until_ns with the GIL released (a sleep without the wake-up)."""
-        self._fn(self._still, NO_CELL, 0, 0, 0, until_ns, NO_CELL, self._ts)
+        self._fn(self._still, NO_CELL, 0, 0, 0, until_ns, NO_CELL)
