@@ -70,7 +70,10 @@ def _sched_yield(typingctx):
 
 
 @njit(nogil=True, cache=True)
-def _signal_and_spin(cells, write, value, watch, seen, until_ns, until_cell):  # pragma: no cover - numba
+def signal_and_spin(cells, write, value, watch, seen, until_ns, until_cell):  # pragma: no cover - numba
+    """cells[write] = value (write < 0: nothing), then spin until cells[watch] != seen; False if the
+    clock reached until_ns (or cells[until_cell] when until_cell >= 0, whichever is later) first.
+    Runs with the GIL released; called directly on the hot path (no Python wrapper)."""
     if write >= 0:
         cells[write] = value
     while cells[watch] == seen:
@@ -81,21 +84,14 @@ def _signal_and_spin(cells, write, value, watch, seen, until_ns, until_cell):  #
     return True
 
 
-class Spinner:
-    """One thread's side of the hand-off: the shared cells (and a cell of its own to pause on)."""
+_STILL = np.zeros(1, dtype=np.int64)  # a cell nobody writes: spinning on it is pausing
 
-    def __init__(self, cells: np.ndarray) -> None:
-        _signal_and_spin(np.zeros(CELLS, np.int64), POSTED, 0, DONE, 1, 0, UNTIL)  # compiled or loaded now, not in a bin
-        self._fn = _signal_and_spin
-        self.cells = cells
-        self._still = np.zeros(1, dtype=np.int64)  # a cell nobody writes: spinning on it is pausing
 
-    def signal_and_spin(self, write: int, value: int, watch: int, seen: int, until_ns: int,
-                        until_cell: int = NO_CELL) -> bool:
-        """cells[write] = value (write < 0: nothing), then spin until cells[watch] != seen; False if
-        the clock reached until_ns (or cells[until_cell], whichever is later) first. GIL released."""
-        return self._fn(self.cells, write, value, watch, seen, until_ns, until_cell)
+def load() -> None:
+    """Compile (or load from numba's cache) now, at set-up, not in the first bin."""
+    signal_and_spin(np.zeros(CELLS, np.int64), POSTED, 0, DONE, 1, 0, UNTIL)
 
-    def pause_until(self, until_ns: int) -> None:
-        """Busy-wait until the clock reaches until_ns with the GIL released (a sleep without the wake-up)."""
-        self._fn(self._still, NO_CELL, 0, 0, 0, until_ns, NO_CELL)
+
+def pause_until(until_ns: int) -> None:
+    """Busy-wait until the clock reaches until_ns with the GIL released (a sleep without the wake-up)."""
+    signal_and_spin(_STILL, NO_CELL, 0, 0, 0, until_ns, NO_CELL)

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from decoder_runtime.messages import Flag
-from decoder_runtime.spin import CELLS, DONE, NO_CELL, POSTED, UNTIL, Spinner
+from decoder_runtime import spin
+from decoder_runtime.spin import CELLS, DONE, NO_CELL, POSTED, UNTIL, signal_and_spin
 
 if TYPE_CHECKING:
     from decoder_runtime.backends.base import Backend
@@ -98,7 +99,8 @@ class ThreadedStepper:
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._spin_ns = int(handoff_spin_us * 1e3)
         self._cells = np.zeros(CELLS, dtype=np.int64)
-        self._spinner = Spinner(self._cells) if self._spin_ns else None
+        if self._spin_ns:
+            spin.load()
         self._posted = 0  # items put on _todo (the POSTED cell)
         self._due_ns = 0  # when the next bin is expected (set by the keep-warm pass; 0: not known)
         self.dry_overlapped = 0  # items posted while the worker ran a dry step (they waited for it)
@@ -138,13 +140,12 @@ class ThreadedStepper:
             return
         self._ready.set()
         backend, todo, done, inp, out, times = self.backend, self._todo, self._done, self._in, self._out, self._times
-        mono, slots, spin_ns = time.monotonic_ns, self.slots, self._spin_ns
-        spinner = Spinner(self._cells) if spin_ns else None
+        mono, slots, spin_ns, cells = time.monotonic_ns, self.slots, self._spin_ns, self._cells
         dry = getattr(backend, "dry_step", None)
         taken = answered = 0
         while True:
-            if spinner is not None:  # publish the last answer, then spin for the next item while one is expected
-                spinner.signal_and_spin(DONE, answered, POSTED, taken, mono() + spin_ns, UNTIL)
+            if spin_ns:  # publish the last answer, then spin for the next item while one is expected
+                signal_and_spin(cells, DONE, answered, POSTED, taken, mono() + spin_ns, UNTIL)
             j = todo.get()
             taken += 1
             if j is None:
@@ -225,15 +226,15 @@ class ThreadedStepper:
         self.submitted = j + 1
         self._todo.put(j)
         self._posted += 1
-        done, spinner = self._done, self._spinner
-        if spinner is None:
-            self._cells[POSTED] = self._posted
-        else:  # post with the GIL released, then spin for an answer (module doc), up to spin_end
+        done, spinning = self._done, self._spin_ns > 0
+        if spinning:  # post with the GIL released, then spin for an answer (module doc), up to spin_end
             spin_end = min(until_ns, time.monotonic_ns() + self._spin_ns)
             write = POSTED
+        else:
+            self._cells[POSTED] = self._posted
         while True:
-            if spinner is not None:
-                spinner.signal_and_spin(write, self._posted, DONE, self._answers, spin_end)
+            if spinning:
+                signal_and_spin(self._cells, write, self._posted, DONE, self._answers, spin_end, NO_CELL)
                 write = NO_CELL
             remaining = until_ns - time.monotonic_ns()
             try:

@@ -67,7 +67,7 @@ import numpy as np
 
 from decoder_runtime.messages import Flag
 from decoder_runtime.core import BinCore, GapPolicy
-from decoder_runtime.spin import CELLS, Spinner
+from decoder_runtime import spin
 from decoder_runtime.stepping import InlineStepper, ThreadedStepper
 from decoder_runtime.validate import Validator
 
@@ -275,7 +275,9 @@ class BinWaiter:
         threaded = isinstance(engine.core.stepper, ThreadedStepper)
         self._repeat = bool(s.repeat and self._spin_ns and not threaded)
         # polling a replay holds the GIL; with the step on a worker, poll between GIL-free pauses
-        self._pause = Spinner(np.zeros(CELLS, dtype=np.int64)) if threaded and self._spin_ns else None
+        self._pause_polls = bool(threaded and self._spin_ns)
+        if self._pause_polls:
+            spin.load()
         if self._predictor is not None:
             self._scratch_core = _scratch_core(engine.core)
             self._lane = engine.scratch_lane(self._scratch_core, [_WarmOutput(o) for o in engine.outputs])
@@ -330,14 +332,13 @@ class BinWaiter:
                     self.counts["overlapped"] += 1
                     return got
         spin_end = due + self._spin_ns
-        pause = self._pause
         while self._spin_ns and mono() < spin_end:
             got = source.pull(0.0)
             if got is not None:
                 self.counts["spun_to_bin"] += 1
                 return got
-            if pause is not None:  # let the step's worker take the GIL for its dry step (decoder_runtime.spin)
-                pause.pause_until(min(mono() + POLL_PAUSE_NS, due - POLL_PAUSE_NS))  # none in the last 20 us
+            if self._pause_polls:  # let the step's worker take the GIL for its dry step (decoder_runtime.spin)
+                spin.pause_until(min(mono() + POLL_PAUSE_NS, due - POLL_PAUSE_NS))  # none in the last 20 us
         self.counts["blocked_after_spin" if self._spin_ns else "blocked_after_warm"] += 1
         return source.pull(timeout_s)
 

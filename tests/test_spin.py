@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from decoder_runtime.spin import CELLS, DONE, POSTED, UNTIL, Spinner
+from decoder_runtime.spin import CELLS, DONE, NO_CELL, POSTED, UNTIL, pause_until, signal_and_spin
 
 MS = 1_000_000
 
@@ -25,30 +25,27 @@ def _in_thread(fn):
 
 def test_a_spinner_sees_a_write_from_another_thread_and_publishes_its_own():
     cells = np.zeros(CELLS, dtype=np.int64)
-    worker, loop = Spinner(cells), Spinner(cells)
-    th, out = _in_thread(lambda: worker.signal_and_spin(DONE, 7, POSTED, 0, time.monotonic_ns() + 5_000 * MS))
+    th, out = _in_thread(lambda: signal_and_spin(cells, DONE, 7, POSTED, 0, time.monotonic_ns() + 5_000 * MS, NO_CELL))
     while cells[DONE] != 7:  # the worker's write lands before it starts spinning
         time.sleep(0.001)
-    assert loop.signal_and_spin(POSTED, 1, DONE, 0, time.monotonic_ns() + 5_000 * MS)  # DONE is 7, not 0: at once
+    assert signal_and_spin(cells, POSTED, 1, DONE, 0, time.monotonic_ns() + 5_000 * MS, NO_CELL)  # DONE is 7, not 0: at once
     th.join(10)
     assert not th.is_alive() and out["ret"] is True
 
 
 def test_a_spin_gives_up_at_its_limit_and_the_until_cell_extends_it():
     cells = np.zeros(CELLS, dtype=np.int64)
-    s = Spinner(cells)
     t0 = time.monotonic_ns()
-    assert s.signal_and_spin(-1, 0, POSTED, 0, t0 + 2 * MS) is False
+    assert signal_and_spin(cells, NO_CELL, 0, POSTED, 0, t0 + 2 * MS, NO_CELL) is False
     assert time.monotonic_ns() - t0 >= 2 * MS
     cells[UNTIL] = time.monotonic_ns() + 30 * MS
     t1 = time.monotonic_ns()
-    assert s.signal_and_spin(-1, 0, POSTED, 0, t1, UNTIL) is False
+    assert signal_and_spin(cells, NO_CELL, 0, POSTED, 0, t1, UNTIL) is False
     assert time.monotonic_ns() - t1 >= 25 * MS  # spun on to UNTIL, past its own (already passed) limit
 
 
 def test_pausing_leaves_the_gil_to_other_threads():
     """With a long switch interval, another thread runs during the pause only if the GIL is released."""
-    s = Spinner(np.zeros(CELLS, dtype=np.int64))
     progress, stop = [], threading.Event()
 
     def python_work():
@@ -62,7 +59,7 @@ def test_pausing_leaves_the_gil_to_other_threads():
         th.start()
         time.sleep(0.01)  # back once the other thread lets go of the GIL
         before = len(progress)
-        s.pause_until(time.monotonic_ns() + 20 * MS)
+        pause_until(time.monotonic_ns() + 20 * MS)
         during = len(progress) - before  # read before this thread can let go of the GIL again
     finally:
         stop.set()
