@@ -258,7 +258,8 @@ class BinWaiter:
         self._engine: Engine | None = None
         self._predictor: ArrivalPredictor | None = None
         self._k = 0
-        self._pass_ns = 0  # duration of the last warm pass
+        self._first_ns = 0  # duration of the last first (cold) warm pass of a bin
+        self._again_ns = 0  # duration of the last repeated (hot) one; 0: none yet
         self._spin_ns = 0
         self._gc_was_enabled = False
 
@@ -314,19 +315,20 @@ class BinWaiter:
             if mono() < due - int(s.lead_us * 1e3):  # the poll timeout ended the wait, not the lead
                 return None
         # bounded: the pass starts only if one as long as the last ends before the predicted bin
-        if due - mono() < self._pass_ns:
+        if due - mono() < self._first_ns:
             self.counts["skipped_no_time"] += 1
             return source.pull(timeout_s)
         # a step on a worker: it spins for the bin (GIL released) from its dry step until then
         self._engine.core.stepper.expect(due, due + max(self._spin_ns, int(s.lead_us * 1e3)))
-        self._warm_pass()
+        self._first_ns = self._warm_pass()
         got = source.pull(0.0)
         if got is not None:
             self.counts["overlapped"] += 1
             return got
         if self._repeat:  # spinning anyway: spin on the hot path itself
-            while due - mono() > 2 * self._pass_ns:  # twice the last pass: a slower one still ends in time
-                self._warm_pass()
+            # twice the last hot pass (the cold first one until there is one): a slower one still ends in time
+            while due - mono() > 2 * (self._again_ns or self._first_ns):
+                self._again_ns = self._warm_pass()
                 got = source.pull(0.0)
                 if got is not None:
                     self.counts["overlapped"] += 1
@@ -353,21 +355,21 @@ class BinWaiter:
         if self.settings.freeze_gc and self._k % GC_EVERY == 0:
             gc.collect(0)
 
-    def _warm_pass(self) -> None:
-        """The bin's own code on the scratch lane (Engine.bin): changes nothing, delivers nothing."""
+    def _warm_pass(self) -> int:
+        """The bin's own code on the scratch lane (Engine.bin): changes nothing, delivers nothing.
+        Returns what the next such pass is expected to take (ns)."""
         t0 = time.monotonic_ns()
         e = self._engine
         self._scratch_t += e.period  # an in-line timeline: the scratch validator takes the common path
         e.bin(self._lane, 0, (e.core.validator.x, self._scratch_t, 0.0, 0), t0, 0)
         self._scratch_core.adapter.events.clear()
         took = time.monotonic_ns() - t0
-        # what the next pass is expected to take; a pass the OS preempted says nothing about
-        # the next, so the estimate never exceeds half the lead
-        self._pass_ns = min(took, int(self.settings.lead_us * 500))
         i = self.counts["warm_passes"]
         if i < self._log.shape[0]:
             self._log[i] = took
         self.counts["warm_passes"] = i + 1
+        # a pass the OS preempted says nothing about the next: the estimate never exceeds half the lead
+        return min(took, int(self.settings.lead_us * 500))
 
     def summary(self) -> dict:
         """What the waiter did over the run: settings, counts, the warm pass's own cost (us)."""
