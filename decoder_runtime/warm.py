@@ -23,9 +23,11 @@ next bin -- does this:
 3. Then it waits for the bin. A replay is polled without sleeping (`pull(0)`, up to `spin_us`
    past the prediction; its pacer spins the last 1 ms anyway); with `repeat` (default) the
    spin up to the prediction is more warm passes, polled between them, each started only if
-   one twice as long as the last ends before the predicted bin (measured: the first pass of a bin
-   is cold, ~250 us; the ones after it are a fraction of that, and they keep the path hot up
-   to the bin instead of ~750 us before it). Inline steps only: with the step on a worker
+   one twice as long as the last *hot* pass ends before the predicted bin. The first pass of a
+   bin is cold (~250-300 us; the ones after it ~40 us): budgeting the repeats by it, as this
+   did at first, left no room for them at the default 1 ms lead on most bins, and a bin came
+   200-500 us after the last pass (measured: 40 Hz arrival->sent p50 65-91 -> 52-53 us, 3
+   rounds). The hot pass is first timed at start (`SETUP_PASSES` back to back). Inline steps only: with the step on a worker
    thread, whole passes repeated on the loop kept the GIL from the worker (hand-off p50 30 ->
    110-138 us, measured) and dry steps queued from the loop were still running there when a
    third of the bins came. There the worker repeats its own dry steps up to the predicted bin
@@ -78,6 +80,7 @@ if TYPE_CHECKING:
 WINDOW = 40  # bins over which the earliest arrival phase is taken (1 s at 40 Hz)
 SPIN_US = 3000.0  # default poll past the prediction for a replay (its own pacer spins anyway)
 POLL_PAUSE_NS = 20_000  # GIL-free pause between polls for a bin while a worker steps (20 us)
+SETUP_PASSES = 3  # passes back to back at start, the last one timing a hot pass for the repeat rule
 GC_EVERY = 40  # bins between young-generation collections when the collector is off in the loop
 _GAP = int(Flag.GAP)
 
@@ -259,7 +262,7 @@ class BinWaiter:
         self._predictor: ArrivalPredictor | None = None
         self._k = 0
         self._first_ns = 0  # duration of the last first (cold) warm pass of a bin
-        self._again_ns = 0  # duration of the last repeated (hot) one; 0: none yet
+        self._again_ns = 0  # duration of the last repeated (hot) one, first timed at start
         self._spin_ns = 0
         self._gc_was_enabled = False
 
@@ -284,6 +287,9 @@ class BinWaiter:
             self._lane = engine.scratch_lane(self._scratch_core, [_WarmOutput(o) for o in engine.outputs])
             self._scratch_t = 0.0
             self._log = np.zeros(1 << 16, dtype=np.int64)
+            if self._repeat:  # what a hot pass takes, before the first bin needs it: passes back to back
+                for _ in range(SETUP_PASSES):
+                    self._again_ns = self._warm_pass()
         if s.freeze_gc:
             gc.collect()
             gc.freeze()
@@ -326,8 +332,8 @@ class BinWaiter:
             self.counts["overlapped"] += 1
             return got
         if self._repeat:  # spinning anyway: spin on the hot path itself
-            # twice the last hot pass (the cold first one until there is one): a slower one still ends in time
-            while due - mono() > 2 * (self._again_ns or self._first_ns):
+            # twice the last hot pass (not the cold first one): a slower one still ends in time
+            while due - mono() > 2 * self._again_ns:
                 self._again_ns = self._warm_pass()
                 got = source.pull(0.0)
                 if got is not None:

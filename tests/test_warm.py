@@ -147,3 +147,68 @@ def test_bad_keep_warm_options_are_one_line_errors(tmp_path):
         res = runner.invoke(app, ["replay", str(tmp_path), *args])
         assert res.exit_code == 2, res.output
         assert "error" in res.output and "Traceback" not in res.output
+
+
+class _Clock:
+    """A fake monotonic clock for the waiter's decisions (no real time passes in the test)."""
+
+    def __init__(self) -> None:
+        self.ns = 10_000_000_000
+
+    def monotonic_ns(self) -> int:
+        return self.ns
+
+
+class _DueSource:
+    """Bin k is there from `due[k]`; a poll costs 1 us of the fake clock, a timed pull sleeps it."""
+
+    def __init__(self, clock: _Clock, due: list[int]) -> None:
+        self.clock, self.due, self.k = clock, due, 0
+
+    def pull(self, timeout_s: float):
+        if self.clock.ns < self.due[self.k]:
+            self.clock.ns = min(self.clock.ns + max(int(timeout_s * 1e9), 1000), self.due[self.k])
+            if self.clock.ns < self.due[self.k]:
+                return None
+        self.k += 1
+        return np.zeros(3, np.float32), 0.0, 0.0, 0
+
+
+def test_repeated_passes_are_budgeted_by_a_hot_pass_not_the_cold_first_one(monkeypatch):
+    """A first pass as long as 60 % of the lead (cold) must not stop the hot passes after it (40 us
+    each) from filling the time up to the bin; none may still run when the bin is due."""
+    import types
+
+    from decoder_runtime import warm as warm_mod
+
+    clock = _Clock()
+    monkeypatch.setattr(warm_mod, "time", types.SimpleNamespace(monotonic_ns=clock.monotonic_ns))
+    period = 25_000_000
+    due = [clock.ns + k * period for k in range(4)]
+    waiter = warm_mod.BinWaiter(WarmSettings(lead_us=1000))
+    source = _DueSource(clock, due)
+    stepper = types.SimpleNamespace(expect=lambda due_ns, until_ns: None)
+    waiter._engine = types.SimpleNamespace(source=source, core=types.SimpleNamespace(stepper=stepper))
+    waiter._predictor = ArrivalPredictor(period)
+    waiter._spin_ns, waiter._repeat, waiter._pause_polls = 3_000_000, True, False
+    passes: list[tuple[int, int]] = []  # (start, end) of each pass, fake ns
+
+    def warm_pass() -> int:
+        start = clock.ns
+        clock.ns += 600_000 if not passes or passes[-1][1] < clock.ns - 5_000_000 else 40_000  # cold after a long idle
+        passes.append((start, clock.ns))
+        return clock.ns - start
+
+    monkeypatch.setattr(waiter, "_warm_pass", warm_pass)
+    waiter._again_ns = 40_000  # as measured at set-up (BinWaiter.start)
+    assert waiter.pull(1.0) is not None  # bin 0: nothing predicted yet, no pass
+    waiter.took(clock.ns, 0)
+    for k in (1, 2, 3):
+        n = len(passes)
+        assert waiter.pull(1.0) is not None
+        waiter.took(clock.ns, 0)
+        ran = passes[n:]
+        assert ran[0][1] - ran[0][0] == 600_000 and len(ran) >= 5  # the cold pass, then hot ones
+        assert all(end <= due[k] for _, end in ran)  # none still running when the bin came
+        assert due[k] - ran[-1][1] <= 2 * 40_000  # and they went on up to it
+    assert waiter.counts["overlapped"] == 0
