@@ -75,19 +75,42 @@ def _replay_latencies(stamps: np.ndarray) -> dict[str, np.ndarray]:
             runtime.MODEL_STEP: lat[runtime.MODEL_STEP]}
 
 
-def _ratio_rows(section: str, measured: dict[tuple[str, str], np.ndarray], refs: dict[str, str], base: dict,
-                deadlines) -> tuple[list[dict], dict[str, np.ndarray]]:
-    """One row per (run, measure) with its summary and, where it has a reference, the ratio to it."""
+def _round_ratios(rounds: dict[int, np.ndarray], ref_rounds: dict[int, np.ndarray]) -> dict[str, list[float]]:
+    """p50 and p99 over the reference's, round by round (rounds both ran): how far one round is from the next."""
+    both = [r for r in sorted(rounds) if r in ref_rounds and rounds[r].size and ref_rounds[r].size]
+    return {f"x_ref_{q}_rounds": [float(np.percentile(rounds[r], pct) / np.percentile(ref_rounds[r], pct))
+                                  for r in both] for q, pct in (("p50", 50), ("p99", 99))}
+
+
+def _ratio_text(s: dict, ref: dict, per_round: dict[str, list[float]]) -> str:
+    text = f"{s['p50'] / ref['p50']:.2f}× / {s['p99'] / ref['p99']:.2f}×"
+    p50, p99 = per_round["x_ref_p50_rounds"], per_round["x_ref_p99_rounds"]
+    if len(p50) > 1:
+        text += f" (rounds {min(p50):.2f}-{max(p50):.2f}× / {min(p99):.2f}-{max(p99):.2f}×)"
+    return text
+
+
+def _ratio_rows(section: str, measured: dict[tuple[str, str], dict[int, np.ndarray]], refs: dict[str, str],
+                base: dict, deadlines) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """One row per (run, measure) with its summary (all rounds pooled) and, where it has a reference, the
+    ratio to it: pooled, and its range over the rounds (the spread between rounds is often larger than the
+    effect a change has; a reader sees both)."""
     rows, raw = [], {}
-    summaries = {key: summarize(ns, deadlines) for key, ns in measured.items() if ns.size}
+    pooled = {key: np.concatenate(list(rounds.values())) for key, rounds in measured.items() if rounds}
+    summaries = {key: summarize(ns, deadlines) for key, ns in pooled.items() if ns.size}
     for (run, measure), s in summaries.items():
-        ref = summaries.get((refs.get(run, ""), measure))
+        ref_key = (refs.get(run, ""), measure)
+        ref = summaries.get(ref_key)
         name = f"{section}/{run}/{measure}"
-        rows.append({"name": name, "run": run, "measure": measure, **base, "summary": s,
-                     RATIO: (f"{s['p50'] / ref['p50']:.2f}× / {s['p99'] / ref['p99']:.2f}×" if ref
-                             else "ref" if run in refs.values() else "–"),
-                     **({"x_ref_p50": s["p50"] / ref["p50"], "x_ref_p99": s["p99"] / ref["p99"]} if ref else {})})
-        raw[name] = measured[(run, measure)]
+        row = {"name": name, "run": run, "measure": measure, **base, "summary": s}
+        if ref:
+            per_round = _round_ratios(measured[(run, measure)], measured[ref_key])
+            row |= {RATIO: _ratio_text(s, ref, per_round), "x_ref_p50": s["p50"] / ref["p50"],
+                    "x_ref_p99": s["p99"] / ref["p99"], **per_round}
+        else:
+            row[RATIO] = "ref" if run in refs.values() else "–"
+        rows.append(row)
+        raw[name] = pooled[(run, measure)]
     return rows, raw
 
 
@@ -95,8 +118,8 @@ def realpace_section(art, counts: np.ndarray, bin_width: float, work_dir: Path, 
                      threads: int, bins: int, rounds: int, deadlines, log: Log) -> dict:
     """Every run of REPLAY_RUNS and E2E_RUNS, `rounds` times alternated, `bins` measured bins each in all."""
     per_round = max(bins // rounds, 1) + SETTLE_BINS
-    replay: dict[tuple[str, str], list] = {}
-    ends: dict[tuple[str, str], list] = {}
+    replay: dict[tuple[str, str], dict[int, np.ndarray]] = {}  # (run, measure) -> round -> ns per bin
+    ends: dict[tuple[str, str], dict[int, np.ndarray]] = {}
     runs: dict[str, dict] = {}
     skipped = []
     base = {"model": art.label, "model_kind": art.model, "backend": backend, "device": device}
@@ -112,7 +135,7 @@ def realpace_section(art, counts: np.ndarray, bin_width: float, work_dir: Path, 
                 skipped.append({"name": f"realpace/{run.label}", "reason": str(e)})
                 continue
             for measure, ns in _replay_latencies(got["stamps"][SETTLE_BINS:]).items():
-                replay.setdefault((run.label, measure), []).append(ns)
+                replay.setdefault((run.label, measure), {})[r] = ns
             runs.setdefault(run.label, {"deadline_misses": 0, "warm": [], "pacing_p99_us": []})
             runs[run.label]["deadline_misses"] += got["summary"]["deadline_misses"]
             runs[run.label]["warm"].append(got["summary"].get("warm", {}))
@@ -127,14 +150,14 @@ def realpace_section(art, counts: np.ndarray, bin_width: float, work_dir: Path, 
                 skipped.append({"name": f"realpace_e2e/{run.label}", "reason": str(e)})
                 continue
             for measure in (e2e.PUSH_TO_RECEIVE, "runtime (lat_us)"):
-                ends.setdefault((run.label, measure), []).append(res.latency_ns[measure])
+                ends.setdefault((run.label, measure), {})[r] = res.latency_ns[measure]
             runs.setdefault(run.label, {"lost": 0, "flagged": {}})
             runs[run.label]["lost"] += res.lost
             for k, v in res.flagged.items():
                 runs[run.label]["flagged"][k] = runs[run.label]["flagged"].get(k, 0) + v
-    rows, raw = _ratio_rows("realpace", {k: np.concatenate(v) for k, v in replay.items()},
-                            {r.label: r.reference for r in REPLAY_RUNS if r.reference}, base, deadlines)
-    e2e_rows, e2e_raw = _ratio_rows("realpace_e2e", {k: np.concatenate(v) for k, v in ends.items()},
-                                    {r.label: RELAY for r in E2E_RUNS if not r.relay}, base, deadlines)
+    rows, raw = _ratio_rows("realpace", replay, {r.label: r.reference for r in REPLAY_RUNS if r.reference}, base,
+                            deadlines)
+    e2e_rows, e2e_raw = _ratio_rows("realpace_e2e", ends, {r.label: RELAY for r in E2E_RUNS if not r.relay}, base,
+                                    deadlines)
     return {"realpace": rows, "realpace_e2e": e2e_rows, "realpace_runs": runs, "raw": {**raw, **e2e_raw},
             "skipped": skipped}

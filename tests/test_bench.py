@@ -185,6 +185,24 @@ def test_cuda_event_timings_get_their_own_table() -> None:
     assert tables["Per-bin step latency (µs)"][0][3] == "50.0"
 
 
+def test_real_pace_ratios_are_pooled_and_given_round_by_round() -> None:
+    """Round 2 ran twice as slow as round 1 on both sides: its ratio stays 2, and the row shows each round's."""
+    from benchmarks.realpace import RATIO, _ratio_rows
+
+    us = lambda v: np.full(100, v * 1000, dtype=np.int64)  # noqa: E731 - ns per bin, every bin alike
+    measured = {("max", "lat"): {0: us(30), 1: us(60)}, ("40 Hz", "lat"): {0: us(45), 1: us(180)},
+                ("other", "lat"): {1: us(120)}}  # a run that ran in round 1 only
+    rows, raw = _ratio_rows("realpace", measured, {"40 Hz": "max", "other": "max"}, {}, [25_000])
+    by_run = {r["run"]: r for r in rows}
+    assert by_run["max"][RATIO] == "ref" and "x_ref_p50" not in by_run["max"]
+    paced = by_run["40 Hz"]
+    assert paced["x_ref_p50_rounds"] == pytest.approx([1.5, 3.0]) and paced["x_ref_p99_rounds"] == pytest.approx([1.5, 3.0])
+    assert paced["x_ref_p50"] == pytest.approx(paced["summary"]["p50"] / by_run["max"]["summary"]["p50"])
+    assert "(rounds 1.50-3.00× / 1.50-3.00×)" in paced[RATIO]
+    assert by_run["other"]["x_ref_p50_rounds"] == pytest.approx([2.0]) and "rounds" not in by_run["other"][RATIO]
+    assert raw["realpace/40 Hz/lat"].size == 200  # both rounds pooled
+
+
 @pytest.mark.slow
 def test_bench_cli_real_pace_section(tmp_path) -> None:
     """40 Hz replays beside max speed, and serve beside the bare relay, each with a ratio to its reference."""
@@ -202,6 +220,7 @@ def test_bench_cli_real_pace_section(tmp_path) -> None:
         assert is_ref != ("x_ref_p50" in r)
         if not is_ref:
             assert r["x_ref_p50"] > 0 and r["x_ref_p99"] > 0
+            assert len(r["x_ref_p50_rounds"]) == len(r["x_ref_p99_rounds"]) == 1  # one round, its own ratio
     runs = results["realpace_runs"]
     assert all(info["lost"] == 0 for label, info in runs.items() if "lost" in info)
     assert runs["40 Hz, inline step, keep-warm on"]["warm"][0]["keep_warm"] is True
