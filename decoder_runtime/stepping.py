@@ -41,6 +41,13 @@ _RESET_TOKEN = -1  # worker queue item meaning "reset the backend's state"
 _WARM_TOKEN = -2  # worker queue item meaning "dry step on a scratch state" (decoder_runtime.warm)
 
 
+def another_fits(due_ns: int, now_ns: int, last_ns: int) -> bool:
+    """Whether to start another warm pass or dry step before the bin due at due_ns: only if one
+    twice as long as the last (hot) one still ends before it, so a slower one does too. The one
+    rule for the loop's repeated passes (decoder_runtime.warm) and the worker's dry steps."""
+    return due_ns - now_ns > 2 * last_ns
+
+
 class InlineStepper:
     """The model's step on the loop's own thread: no hand-off, no bound."""
 
@@ -186,8 +193,8 @@ class ThreadedStepper:
         self._cells[UNTIL] = until_ns
 
     def _dry_until_due(self, dry, taken: int) -> None:
-        """Dry steps up to the predicted bin: each starts only if one twice as long as the last
-        still ends before it, and none starts once anything is posted (on the worker thread)."""
+        """Dry steps up to the predicted bin (`another_fits`), none started once anything is posted
+        (on the worker thread)."""
         mono, cells = time.monotonic_ns, self._cells
         while True:
             t = mono()
@@ -196,7 +203,7 @@ class ThreadedStepper:
             if cells[POSTED] != taken:  # a bin (or token) came during this dry step and waited for it
                 self.dry_overlapped += 1
                 return
-            if self._due_ns - mono() <= 2 * took:
+            if not another_fits(self._due_ns, mono(), took):
                 return
 
     def warm(self) -> None:

@@ -23,17 +23,18 @@ next bin -- does this:
 3. Then it waits for the bin. A replay is polled without sleeping (`pull(0)`, up to `spin_us`
    past the prediction; its pacer spins the last 1 ms anyway); with `repeat` (default) the
    spin up to the prediction is more warm passes, polled between them, each started only if
-   one twice as long as the last *hot* pass ends before the predicted bin. The first pass of a
-   bin is cold (~250-300 us; the ones after it ~40 us): budgeting the repeats by it, as this
-   did at first, left no room for them at the default 1 ms lead on most bins, and a bin came
-   200-500 us after the last pass (measured: 40 Hz arrival->sent p50 65-91 -> 52-53 us, 3
-   rounds). The hot pass is first timed at start (`SETUP_PASSES` back to back). Inline steps only: with the step on a worker
+   one twice as long as the last *hot* pass ends before the predicted bin
+   (decoder_runtime.stepping.another_fits). The first pass of a bin is cold (~250-300 us; the
+   ones after it ~40 us): budgeting the repeats by it, as this did at first, left no room for
+   them at the default 1 ms lead on most bins, and a bin came 200-500 us after the last pass
+   (measured: 40 Hz arrival->sent p50 65-91 -> 52-53 us, 3 rounds). The hot pass is first
+   timed at start (`SETUP_PASSES` back to back). Inline steps only: with the step on a worker
    thread, whole passes repeated on the loop kept the GIL from the worker (hand-off p50 30 ->
    110-138 us, measured) and dry steps queued from the loop were still running there when a
    third of the bins came. There the worker repeats its own dry steps up to the predicted bin
    by the same rule, and stops as soon as anything is posted (model step at 40 Hz p50 36-41 ->
-   31-32 us, 3 rounds); the loop polls with a 20 us GIL-free pause between polls. An LSL inlet is waited on in
-   liblsl (blocking pull) by default: the sample reaches the inlet through liblsl's own
+   31-32 us, 3 rounds); the loop polls with a 20 us GIL-free pause between polls. An LSL
+   inlet is waited on in liblsl (blocking pull) by default: the sample reaches the inlet through liblsl's own
    receive thread, and on a 2-core machine a spinning loop starves that thread (measured:
    push -> receive p50 4.1 ms spinning vs 0.75 ms blocking, same run, load ~20).
 
@@ -70,7 +71,7 @@ import numpy as np
 from decoder_runtime.messages import Flag
 from decoder_runtime.core import BinCore, GapPolicy
 from decoder_runtime import spin
-from decoder_runtime.stepping import InlineStepper, ThreadedStepper
+from decoder_runtime.stepping import InlineStepper, ThreadedStepper, another_fits
 from decoder_runtime.validate import Validator
 
 if TYPE_CHECKING:
@@ -332,8 +333,7 @@ class BinWaiter:
             self.counts["overlapped"] += 1
             return got
         if self._repeat:  # spinning anyway: spin on the hot path itself
-            # twice the last hot pass (not the cold first one): a slower one still ends in time
-            while due - mono() > 2 * self._again_ns:
+            while another_fits(due, mono(), self._again_ns):  # timed by the last hot pass, not the cold first one
                 self._again_ns = self._warm_pass()
                 got = source.pull(0.0)
                 if got is not None:
