@@ -64,7 +64,7 @@ class InlineStepper:
         self.backend.reset()
 
     def warm(self) -> None:
-        """A step on a scratch state, if the backend has one (decoder_runtime.warm)."""
+        """The backend's dry step (its step, state unmoved), if it has one (decoder_runtime.warm)."""
         dry = getattr(self.backend, "dry_step", None)
         if dry is not None:
             dry()

@@ -12,9 +12,9 @@ next bin -- does this:
    arrival. A bin that comes earlier is returned at once: the wait is the source's own pull.
 2. At `lead_us` before the prediction, one *warm pass*: `Engine.bin` -- the very code a bin
    runs -- on a scratch lane: a scratch core (`_scratch_core`: a validator with the live one's settings,
-   a copy of the adapter, the fallback's filter over its own ring, and the model's step on a
-   scratch copy of its state (`dry_step`: same weights, same code, same input buffer; on the
-   worker thread when the step runs there), each output's `warm(body)` in place of its send
+   a copy of the adapter, the fallback's filter over its own ring, and the model's dry step
+   (`dry_step`: the backend's own step on the last counts, its live state left as it was --
+   restored, or the new state discarded; on the worker thread when the step runs there), each output's `warm(body)` in place of its send
    (decoder_runtime.publish.Publisher.warm: the send path, nothing delivered), no recorder (it
    runs after the message is out) and a one-row log. The live state and every output are
    untouched. With the step on a worker, the worker
@@ -91,7 +91,8 @@ class WarmError(RuntimeError):
 
 
 class DryStep(Protocol):
-    """A backend that can step on a scratch state: warms its caches, changes nothing."""
+    """A backend that can run its live step without moving its state: warms its caches (the
+    step's Python and NumPy too, not only the kernel), changes nothing."""
 
     def dry_step(self) -> None: ...
 

@@ -48,8 +48,9 @@ class TorchBackend:
 
     @torch.inference_mode()
     def dry_step(self) -> None:
-        """The step on a fresh initial state with the last counts, output discarded: warms caches only."""
-        self.model.step(self._x, self.model.init_state(1))
+        """The step on the last counts and the live state, its output and new state discarded (the
+        models' steps are pure functions of their state): warms caches, changes nothing."""
+        self.model.step(self._x, self._state)
 
     @torch.inference_mode()
     def step(self, counts: np.ndarray) -> np.ndarray:

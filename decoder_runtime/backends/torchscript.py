@@ -40,7 +40,6 @@ class TorchScriptBackend:
             raise ArtifactError(f"{f}: not a loadable TorchScript archive ({str(e).splitlines()[0]})") from None
         self._init = [torch.from_numpy(s).to(self._dev) for s in initial_state(artifact)]
         self._x = torch.zeros(1, artifact.n_channels, device=self._dev)
-        self._dry_state = tuple(s.clone() for s in self._init)  # dry_step's own copy: never the live state
         self.reset()
         for _ in range(WARMUP_STEPS):
             self.step(np.zeros(artifact.n_channels, dtype=np.float32))
@@ -51,8 +50,9 @@ class TorchScriptBackend:
 
     @torch.no_grad()
     def dry_step(self) -> None:
-        """The step on the initial state with the last counts, output discarded: warms caches only."""
-        self.module(self._x, *self._dry_state)
+        """The step on the last counts and the live state, its output and new state discarded (the
+        exported step is a pure function of its state): warms caches, changes nothing."""
+        self.module(self._x, *self._state)
 
     @torch.no_grad()
     def step(self, counts: np.ndarray) -> np.ndarray:
