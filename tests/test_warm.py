@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -54,8 +55,6 @@ def test_dry_steps_between_bins_leave_every_output_unchanged(base, kind):
 
 def _run(art, session, warm: WarmSettings, deadline_ms: float | None, publish: bool) -> tuple:
     """A replay through the assembled runtime with `warm` as its [warm] settings; (result, its waiter)."""
-    from dataclasses import replace
-
     zmq = f"tcp://127.0.0.1:{h.free_port()}" if publish else "none"
     cfg = replace(h.config(art.path, deadline_ms=deadline_ms or 0, zmq=zmq), warm=warm)
     with open_runtime(cfg, command="test", source=ReplaySource.from_session(session, SPEED),
@@ -85,6 +84,35 @@ def test_keep_warm_decodes_a_replay_exactly_as_without(tmp_path_factory, deadlin
     assert warm.warm["warm_passes"] > 0  # the passes really ran (how many depends on the host's load)
     assert waiter.warm_ns.size == warm.warm["warm_passes"]
     assert cold.warm["warm_passes"] == 0 and not cold.warm["keep_warm"]
+
+
+def test_keep_warm_judges_bad_bins_exactly_as_without(tmp_path_factory):
+    """The passes between bins leave the live validator's timeline alone: with NaNs, a one-bin
+    jump, a backwards stamp and a sustained gap in the stream, every flag and velocity is as
+    without them."""
+    base = tmp_path_factory.getbasetemp() / "runtime"
+    base.mkdir(exist_ok=True)
+    art = h.loaded(h.artifact(base))
+    s = h.session(base)
+    counts = s.counts[:N_BINS].astype(np.float32)
+    t = s.t[:N_BINS].copy()
+    counts[20, :3] = np.nan
+    t[40] += 5.0  # one bad stamp
+    t[60] = t[59] - 0.1  # backwards
+    t[100:] += 2.0  # a real gap
+    runs = []
+    for warm in (WarmSettings.off(), WarmSettings(lead_us=1000)):
+        cfg = replace(h.config(art.path, deadline_ms=0), warm=warm)
+        with open_runtime(cfg, command="test", source=ReplaySource(counts, t, s.bin_width, SPEED),
+                          backend=make_backend(art, "numba", "cpu", 1)) as rt:
+            runs.append(rt.run())
+    cold, warm = runs
+    assert warm.warm["warm_passes"] > 0
+    flagged = int(Flag.NONFINITE | Flag.JUMP | Flag.BACKWARDS | Flag.GAP)
+    assert (cold.flags & flagged).any()
+    np.testing.assert_array_equal(warm.flags & ~int(Flag.LATE), cold.flags & ~int(Flag.LATE))
+    np.testing.assert_array_equal(warm.velocity, cold.velocity)
+    np.testing.assert_array_equal(warm.model_vel, cold.model_vel)
 
 
 def _run_source(art, source) -> tuple:
