@@ -11,13 +11,13 @@ next bin -- does this:
    (liblsl's blocking pull, or a replay's sleep) until `lead_us` before the bin's predicted
    arrival. A bin that comes earlier is returned at once: the wait is the source's own pull.
 2. At `lead_us` before the prediction, one *warm pass*: `Engine.bin` -- the very code a bin
-   runs -- on a scratch lane: a scratch core (`_scratch_core`: a validator with the live one's settings,
-   a copy of the adapter, the fallback's filter over its own ring, and the model's dry step
-   (`dry_step`: the backend's own step on the last counts, its live state left as it was --
-   restored, or the new state discarded; on the worker thread when the step runs there), each output's `warm(body)` in place of its send
-   (decoder_runtime.publish.Publisher.warm: the send path, nothing delivered), no recorder (it
-   runs after the message is out) and a one-row log. The live state and every output are
-   untouched. With the step on a worker, the worker
+   runs -- on a scratch lane: a scratch core (`_scratch_core`: a validator with the live one's
+   settings, a copy of the adapter, the fallback's filter over its own ring, and the model's dry
+   step (`dry_step`: the backend's own step on the last counts, its live state left as it was --
+   restored, or the new state discarded; on the worker thread when the step runs there)), each
+   output's `warm(body)` in place of its send (decoder_runtime.publish.Publisher.warm: the send
+   path, nothing delivered), no recorder (it runs after the message is out) and a one-row log.
+   The live state and every output are untouched. With the step on a worker, the worker
    is also told when the bin is due (`ThreadedStepper.expect`): after its dry steps it spins
    for the bin with the GIL released instead of sleeping on its queue (decoder_runtime.spin).
 3. Then it waits for the bin. A replay is polled without sleeping (`pull(0)`, up to `spin_us`
