@@ -15,8 +15,8 @@ Hand-off: the queues carry the work; while an answer is expected soon the waitin
 for it on shared counters with the GIL released instead of sleeping on the queue
 (decoder_runtime.spin: each sleep costs a wake-up of tens of microseconds on a VM). The
 loop spins up to `handoff_spin_us` for the worker's answer; the worker spins as long after
-each bin for the next, and, when the keep-warm pass says a bin is due (`expect`), runs dry
-steps up to it and spins for it until then.
+each bin for the next, and, when the keep-warm pass says a bin is coming (`expect`), runs dry
+steps up to the time it is given and spins for the bin from then on.
 `handoff_spin_us=0`: both sleep on the queues.
 """
 from __future__ import annotations
@@ -69,8 +69,8 @@ class InlineStepper:
         if dry is not None:
             dry()
 
-    def expect(self, due_ns: int, until_ns: int) -> None:
-        """A bin is due at due_ns: nothing to prepare inline."""
+    def expect(self, dry_until_ns: int, until_ns: int) -> None:
+        """A bin is coming: nothing to prepare inline."""
 
     def step(self, k: int, x: np.ndarray, until_ns: int) -> np.ndarray:
         self.begin = time.monotonic_ns()
@@ -109,7 +109,7 @@ class ThreadedStepper:
         if self._spin_ns:
             spin.load()
         self._posted = 0  # items put on _todo (the POSTED cell)
-        self._due_ns = 0  # when the next bin is expected (set by the keep-warm pass; 0: not known)
+        self._dry_until_ns = 0  # dry steps end by then (set by the keep-warm pass; 0: not known)
         self.dry_overlapped = 0  # items posted while the worker ran a dry step (they waited for it)
         self._answers = 0  # items taken from _done
         self.submitted = 0  # bins handed to the worker
@@ -161,7 +161,7 @@ class ThreadedStepper:
                 backend.reset()
                 continue
             if j == _WARM_TOKEN:
-                self._dry_until_due(dry, taken)
+                self._dry_steps(dry, taken)
                 self.warm_pending = False
                 continue
             s = j % slots
@@ -186,15 +186,15 @@ class ThreadedStepper:
     def reset(self) -> None:
         self._post(_RESET_TOKEN)
 
-    def expect(self, due_ns: int, until_ns: int) -> None:
-        """A bin is due at due_ns: the worker's dry steps go on up to it, then it spins for the bin
-        until until_ns instead of sleeping."""
-        self._due_ns = due_ns
+    def expect(self, dry_until_ns: int, until_ns: int) -> None:
+        """A bin is coming: the worker's dry steps go on up to dry_until_ns, then it spins for the
+        bin until until_ns instead of sleeping."""
+        self._dry_until_ns = dry_until_ns
         self._cells[UNTIL] = until_ns
 
-    def _dry_until_due(self, dry, taken: int) -> None:
-        """Dry steps up to the predicted bin (`another_fits`), none started once anything is posted
-        (on the worker thread)."""
+    def _dry_steps(self, dry, taken: int) -> None:
+        """Dry steps up to the time `expect` gave (`another_fits`), none started once anything is
+        posted (on the worker thread)."""
         mono, cells = time.monotonic_ns, self._cells
         while True:
             t = mono()
@@ -203,7 +203,7 @@ class ThreadedStepper:
             if cells[POSTED] != taken:  # a bin (or token) came during this dry step and waited for it
                 self.dry_overlapped += 1
                 return
-            if not another_fits(self._due_ns, mono(), took):
+            if not another_fits(self._dry_until_ns, mono(), took):
                 return
 
     def warm(self) -> None:

@@ -31,9 +31,15 @@ next bin -- does this:
    timed at start (`SETUP_PASSES` back to back). Inline steps only: with the step on a worker
    thread, whole passes repeated on the loop kept the GIL from the worker (hand-off p50 30 ->
    110-138 us, measured) and dry steps queued from the loop were still running there when a
-   third of the bins came. There the worker repeats its own dry steps up to the predicted bin
-   by the same rule, and stops as soon as anything is posted (model step at 40 Hz p50 36-41 ->
-   31-32 us, 3 rounds); the loop polls with a 20 us GIL-free pause between polls. An LSL
+   third of the bins came. There the worker repeats its own dry steps by the same rule, and
+   stops as soon as anything is posted (model step at 40 Hz p50 36-41 -> 31-32 us, 3 rounds);
+   the loop polls with a 20 us GIL-free pause between polls. Its own stages go cold again in
+   that ~1 ms of polling, so it runs one more pass `LAST_PASS_NS` before the bin (with its dry
+   step on the worker); the worker's repeated dry steps end `DRY_GAP_NS` before that pass, so
+   the two do not take the GIL from each other (a last pass while the worker still repeated
+   made the hand-off p50 31-37 -> 52-79 us). Measured, 40 Hz, worker step, 12 interleaved
+   rounds: arrival->sent p50 88-130 -> 73-101 us, lower in 11 of 12 (validate 9-14 -> 7-10,
+   publish 17-22 -> 11-16 us). An LSL
    inlet is waited on in liblsl (blocking pull) by default: the sample reaches the inlet through liblsl's own
    receive thread, and on a 2-core machine a spinning loop starves that thread (measured:
    push -> receive p50 4.1 ms spinning vs 0.75 ms blocking, same run, load ~20).
@@ -82,6 +88,8 @@ WINDOW = 40  # bins over which the earliest arrival phase is taken (1 s at 40 Hz
 SPIN_US = 3000.0  # default poll past the prediction for a replay (its own pacer spins anyway)
 POLL_PAUSE_NS = 20_000  # GIL-free pause between polls for a bin while a worker steps (20 us)
 SETUP_PASSES = 3  # passes back to back at start, the last one timing a hot pass for the repeat rule
+LAST_PASS_NS = 250_000  # step on a worker: the loop's last pass this long before the predicted bin
+DRY_GAP_NS = 150_000  # ... and the worker's dry steps end this long before that pass
 GC_EVERY = 40  # bins between young-generation collections when the collector is off in the loop
 _GAP = int(Flag.GAP)
 
@@ -326,9 +334,11 @@ class BinWaiter:
         if due - mono() < self._first_ns:
             self.counts["skipped_no_time"] += 1
             return source.pull(timeout_s)
-        # a step on a worker: it spins for the bin (GIL released) from its dry step until then
-        self._engine.core.stepper.expect(due, due + max(self._spin_ns, int(s.lead_us * 1e3)))
+        # a step on a worker: its dry steps end before the loop's last pass; it spins for the bin (GIL released)
+        self._engine.core.stepper.expect(due - LAST_PASS_NS - DRY_GAP_NS,
+                                         due + max(self._spin_ns, int(s.lead_us * 1e3)))
         self._first_ns = self._warm_pass()
+        last_pass = due - LAST_PASS_NS if self._pause_polls and mono() < due - LAST_PASS_NS else 0
         got = source.pull(0.0)
         if got is not None:
             self.counts["overlapped"] += 1
@@ -346,7 +356,13 @@ class BinWaiter:
             if got is not None:
                 self.counts["spun_to_bin"] += 1
                 return got
-            if self._pause_polls:  # let the step's worker take the GIL for its dry step (decoder_runtime.spin)
+            if self._pause_polls:
+                if last_pass and mono() >= last_pass:  # once, after the worker's dry steps (module doc, 3)
+                    last_pass = 0
+                    if due - mono() > LAST_PASS_NS // 2:
+                        self._warm_pass()
+                        continue
+                # let the step's worker take the GIL for its dry step (decoder_runtime.spin)
                 spin.pause_until(min(mono() + POLL_PAUSE_NS, due - POLL_PAUSE_NS))  # none in the last 20 us
         self.counts["blocked_after_spin" if self._spin_ns else "blocked_after_warm"] += 1
         return source.pull(timeout_s)

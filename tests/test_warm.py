@@ -240,3 +240,41 @@ def test_repeated_passes_are_budgeted_by_a_hot_pass_not_the_cold_first_one(monke
         assert all(end <= due[k] for _, end in ran)  # none still running when the bin came
         assert due[k] - ran[-1][1] <= 2 * 40_000  # and they went on up to it
     assert waiter.counts["overlapped"] == 0
+
+
+def test_with_the_step_on_a_worker_the_loop_passes_once_more_after_the_worker_s_dry_steps(monkeypatch):
+    """Step on a worker: one pass at the lead (the worker told to end its dry steps before the
+    last pass), then one more LAST_PASS_NS before the bin -- none if the first ended after that."""
+    import types
+
+    from decoder_runtime import warm as warm_mod
+
+    clock = _Clock()
+    monkeypatch.setattr(warm_mod, "time", types.SimpleNamespace(monotonic_ns=clock.monotonic_ns))
+    monkeypatch.setattr(warm_mod, "spin", types.SimpleNamespace(pause_until=lambda t: setattr(clock, "ns", max(clock.ns, t))))
+    period = 25_000_000
+    due = [clock.ns + k * period for k in range(3)]
+    told: list[int] = []
+    stepper = types.SimpleNamespace(expect=lambda dry_until_ns, until_ns: told.append(dry_until_ns))
+    waiter = warm_mod.BinWaiter(WarmSettings(lead_us=1000))
+    waiter._engine = types.SimpleNamespace(source=_DueSource(clock, due), core=types.SimpleNamespace(stepper=stepper))
+    waiter._predictor = ArrivalPredictor(period)
+    waiter._spin_ns, waiter._repeat, waiter._pause_polls = 3_000_000, False, True
+    starts: list[int] = []
+
+    def warm_pass() -> int:
+        starts.append(clock.ns)
+        clock.ns += 50_000
+        return 50_000
+
+    monkeypatch.setattr(waiter, "_warm_pass", warm_pass)
+    assert waiter.pull(1.0) is not None
+    waiter.took(clock.ns, 0)
+    assert waiter.pull(1.0) is not None  # bin 1
+    assert told == [due[1] - warm_mod.LAST_PASS_NS - warm_mod.DRY_GAP_NS]
+    assert starts[0] == due[1] - 1_000_000 and len(starts) == 2
+    assert 0 <= starts[1] - (due[1] - warm_mod.LAST_PASS_NS) <= warm_mod.POLL_PAUSE_NS + 1000  # one poll late at most
+    waiter.took(clock.ns, 0)
+    waiter.settings.lead_us = 200  # the first pass ends after the last one's time: no last pass
+    assert waiter.pull(1.0) is not None
+    assert starts[2:] == [due[2] - 200_000]
