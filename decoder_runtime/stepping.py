@@ -38,13 +38,14 @@ if TYPE_CHECKING:
 
 _DROPPED, _RESET = int(Flag.DROPPED), int(Flag.RESET)
 _RESET_TOKEN = -1  # worker queue item meaning "reset the backend's state"
-_WARM_TOKEN = -2  # worker queue item meaning "dry step on a scratch state" (decoder_runtime.warm)
+_WARM_TOKEN = -2  # worker queue item meaning "dry steps, the backend's state unmoved" (decoder_runtime.warm)
 
 
 def another_fits(due_ns: int, now_ns: int, last_ns: int) -> bool:
-    """Whether to start another warm pass or dry step before the bin due at due_ns: only if one
-    twice as long as the last (hot) one still ends before it, so a slower one does too. The one
-    rule for the loop's repeated passes (decoder_runtime.warm) and the worker's dry steps."""
+    """Whether to start another warm pass or dry step that must end by due_ns (the predicted bin,
+    or for the worker's dry steps the time `expect` gave): only if one twice as long as the last
+    (hot) one still ends by then, so a slower one does too. The one rule for the loop's repeated
+    passes (decoder_runtime.warm) and the worker's dry steps."""
     return due_ns - now_ns > 2 * last_ns
 
 

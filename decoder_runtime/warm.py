@@ -39,10 +39,10 @@ next bin -- does this:
    the two do not take the GIL from each other (a last pass while the worker still repeated
    made the hand-off p50 31-37 -> 52-79 us). Measured, 40 Hz, worker step, 12 interleaved
    rounds: arrival->sent p50 88-130 -> 73-101 us, lower in 11 of 12 (validate 9-14 -> 7-10,
-   publish 17-22 -> 11-16 us). An LSL
-   inlet is waited on in liblsl (blocking pull) by default: the sample reaches the inlet through liblsl's own
-   receive thread, and on a 2-core machine a spinning loop starves that thread (measured:
-   push -> receive p50 4.1 ms spinning vs 0.75 ms blocking, same run, load ~20).
+   publish 17-22 -> 11-16 us). An LSL inlet is waited on in liblsl (blocking pull) by default:
+   the sample reaches the inlet through liblsl's own receive thread, and on a 2-core machine a
+   spinning loop starves that thread (measured: push -> receive p50 4.1 ms spinning vs 0.75 ms
+   blocking, same run, load ~20).
 
 The prediction: bin k is expected at `offset + k * P`, with P the source's arrival period
 (replay: bin width / speed; LSL: the bin width) and `offset` the smallest `t_arr - k * P`

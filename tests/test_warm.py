@@ -202,23 +202,30 @@ class _DueSource:
         return np.zeros(3, np.float32), 0.0, 0.0, 0
 
 
-def test_repeated_passes_are_budgeted_by_a_hot_pass_not_the_cold_first_one(monkeypatch):
-    """A first pass as long as 60 % of the lead (cold) must not stop the hot passes after it (40 us
-    each) from filling the time up to the bin; none may still run when the bin is due."""
+def _fake_waiter(monkeypatch, clock: _Clock, n_bins: int, *, repeat: bool, stepper=None):
+    """A BinWaiter on the fake clock over a _DueSource with bins 25 ms apart (its due times), spinning
+    (inline with `repeat`, else as with a worker: paused polls, its GIL-free pause on the fake clock)."""
     import types
 
     from decoder_runtime import warm as warm_mod
 
-    clock = _Clock()
     monkeypatch.setattr(warm_mod, "time", types.SimpleNamespace(monotonic_ns=clock.monotonic_ns))
+    monkeypatch.setattr(warm_mod, "spin", types.SimpleNamespace(pause_until=lambda t: setattr(clock, "ns", max(clock.ns, t))))
     period = 25_000_000
-    due = [clock.ns + k * period for k in range(4)]
+    due = [clock.ns + k * period for k in range(n_bins)]
     waiter = warm_mod.BinWaiter(WarmSettings(lead_us=1000))
-    source = _DueSource(clock, due)
-    stepper = types.SimpleNamespace(expect=lambda due_ns, until_ns: None)
-    waiter._engine = types.SimpleNamespace(source=source, core=types.SimpleNamespace(stepper=stepper))
+    stepper = stepper or types.SimpleNamespace(expect=lambda dry_until_ns, until_ns: None)
+    waiter._engine = types.SimpleNamespace(source=_DueSource(clock, due), core=types.SimpleNamespace(stepper=stepper))
     waiter._predictor = ArrivalPredictor(period)
-    waiter._spin_ns, waiter._repeat, waiter._pause_polls = 3_000_000, True, False
+    waiter._spin_ns, waiter._repeat, waiter._pause_polls = 3_000_000, repeat, not repeat
+    return waiter, due
+
+
+def test_repeated_passes_are_budgeted_by_a_hot_pass_not_the_cold_first_one(monkeypatch):
+    """A first pass as long as 60 % of the lead (cold) must not stop the hot passes after it (40 us
+    each) from filling the time up to the bin; none may still run when the bin is due."""
+    clock = _Clock()
+    waiter, due = _fake_waiter(monkeypatch, clock, 4, repeat=True)
     passes: list[tuple[int, int]] = []  # (start, end) of each pass, fake ns
 
     def warm_pass() -> int:
@@ -250,16 +257,9 @@ def test_with_the_step_on_a_worker_the_loop_passes_once_more_after_the_worker_s_
     from decoder_runtime import warm as warm_mod
 
     clock = _Clock()
-    monkeypatch.setattr(warm_mod, "time", types.SimpleNamespace(monotonic_ns=clock.monotonic_ns))
-    monkeypatch.setattr(warm_mod, "spin", types.SimpleNamespace(pause_until=lambda t: setattr(clock, "ns", max(clock.ns, t))))
-    period = 25_000_000
-    due = [clock.ns + k * period for k in range(3)]
     told: list[int] = []
     stepper = types.SimpleNamespace(expect=lambda dry_until_ns, until_ns: told.append(dry_until_ns))
-    waiter = warm_mod.BinWaiter(WarmSettings(lead_us=1000))
-    waiter._engine = types.SimpleNamespace(source=_DueSource(clock, due), core=types.SimpleNamespace(stepper=stepper))
-    waiter._predictor = ArrivalPredictor(period)
-    waiter._spin_ns, waiter._repeat, waiter._pause_polls = 3_000_000, False, True
+    waiter, due = _fake_waiter(monkeypatch, clock, 3, repeat=False, stepper=stepper)
     starts: list[int] = []
 
     def warm_pass() -> int:
