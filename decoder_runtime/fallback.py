@@ -15,8 +15,18 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+from numba import njit
 
 from models.artifact import Artifact
+
+
+@njit("void(float32[::1], float32[::1], float32[::1], float32[:, ::1], int64, int64)", cache=True, nogil=True)
+def _push(counts, x_mean, x_std, ring, i, history):  # pragma: no cover - numba
+    """z-score one bin into ring rows i and i + history, in one pass."""
+    for k in range(counts.shape[0]):
+        z = (counts[k] - x_mean[k]) / x_std[k]
+        ring[i, k] = z
+        ring[i + history, k] = z
 
 
 class WienerFallback:
@@ -63,10 +73,7 @@ class WienerFallback:
     def push(self, counts: np.ndarray) -> None:
         """Add one decoded bin (raw counts float32[C]) to the history."""
         i = self._next
-        z = self._ring[i]
-        np.subtract(counts, self.x_mean, out=z)
-        np.divide(z, self.x_std, out=z)
-        self._ring[i + self.history] = z
+        _push(counts, self.x_mean, self.x_std, self._ring, i, self.history)
         self._next = i + 1 if i + 1 < self.history else 0
 
     def predict(self) -> np.ndarray:

@@ -78,6 +78,7 @@ class Validator:
             raise ValueError(f"fill (training mean counts) must be [{n_channels}], got shape {fill.shape}")
         self.n_channels = n_channels
         self.policy = BadBinPolicy(policy)
+        self._hold = self.policy is BadBinPolicy.HOLD
         self.fill = fill
         self.late_s = period if late_s is None else float(late_s)
         self.period = float(period)
@@ -121,7 +122,7 @@ class Validator:
             return flags
         if lag_s > self.late_s:
             flags |= _LATE
-        hold = self.policy is BadBinPolicy.HOLD
+        hold = self._hold
         if counts.shape != self._shape:
             if hold:
                 return flags | _BAD_LENGTH | _DROPPED
