@@ -78,11 +78,12 @@ class SessionRecorder:
         self.t0_ns = t0_ns
         self.n_written = 0
         self.pending = 0
-        self._counts = np.full((block, n_channels), np.nan, dtype=np.float32)
-        self._vel = np.zeros((block, 2), dtype=np.float32)
-        self._t_src = np.zeros(block, dtype=np.float64)
-        self._flags = np.zeros(block, dtype=np.int32)
-        self._seq = np.zeros(block, dtype=np.int64)
+        rows = 2 * block  # the engine flushes every `block` bins, or up to a whole block later (engine doc)
+        self._counts = np.full((rows, n_channels), np.nan, dtype=np.float32)
+        self._vel = np.zeros((rows, 2), dtype=np.float32)
+        self._t_src = np.zeros(rows, dtype=np.float64)
+        self._flags = np.zeros(rows, dtype=np.int32)
+        self._seq = np.zeros(rows, dtype=np.int64)
         self._shape = (n_channels,)
         self._create(artifact_config, settings, description, subject or UNKNOWN_SUBJECT)
         self._h5 = h5py.File(self.path, "r+")
@@ -127,7 +128,7 @@ class SessionRecorder:
             io.write(nwb)
 
     def add(self, counts: np.ndarray, t_src: float, vx: float, vy: float, flags: int, seq: int) -> None:
-        """Buffer one bin (no file access). The caller flushes when `pending == block`."""
+        """Buffer one bin (no file access). The caller flushes by the time `pending` reaches 2 * block."""
         i = self.pending
         if counts.shape == self._shape:
             self._counts[i] = counts

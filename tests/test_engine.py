@@ -248,6 +248,40 @@ def test_stop_ends_the_run_between_bins(env):
     assert np.isfinite(r.velocity).all()
 
 
+@pytest.mark.parametrize("speed", [1.0, None], ids=["40Hz", "back-to-back"])
+def test_periodic_work_waits_for_a_quiet_moment_and_every_bin_is_recorded(env, tmp_path, monkeypatch, speed):
+    """At real pace the record flush, the event drain and the status hook run once the source
+    has been quiet for IDLE_S after a bin, not right behind that bin's message (engine doc);
+    back to back, with no quiet moment, a whole flush_every later. Every bin is recorded."""
+    from decoder_runtime.engine import IDLE_S, Engine
+    from decoder_runtime.record import read_record
+    from decoder_runtime.timing import SENT
+
+    s, art, _ = env
+    calls = []
+    between = Engine._between_bins
+
+    def spy(self, n):
+        calls.append((n, time.monotonic_ns() - int(self.stamps[n - 1, SENT])))
+        between(self, n)
+
+    monkeypatch.setattr(Engine, "_between_bins", spy)
+    n = 50
+    r = h.run(art, ReplaySource.from_session(s.slice(0, n), speed=speed), deadline_ms=0, flush_every=10,
+              record=tmp_path / "run.nwb")
+    *periodic, last = calls
+    assert last[0] == n  # the engine's final flush
+    if speed:
+        assert [c[0] for c in periodic] == [10, 20, 30, 40]
+        assert all(quiet >= IDLE_S * 1e9 for _, quiet in periodic)
+    else:
+        assert [c[0] for c in periodic] == [20, 40]
+    rec = read_record(tmp_path / "run.nwb")
+    np.testing.assert_array_equal(rec["seq"], np.arange(n))
+    np.testing.assert_array_equal(rec["velocity"], r.velocity)
+    np.testing.assert_array_equal(rec["stamps"], r.stamps)
+
+
 def test_publisher_refuses_a_busy_port():
     from decoder_runtime.publish import PublishError
 
