@@ -19,8 +19,9 @@ the status message) happens between bins, once the source has had nothing to giv
 pause, get it a whole `flush_every` later, right after a bin. Why not at once after the bin:
 the message just sent is still on its way, and ~1 ms of record flush (HDF5 writes) right then
 held it up: `serve --deadline-ms 0` end to end at 40 Hz, the bin before each flush reached a
-subscriber 0.4-2.1 ms late (median over the run's flushes; 0.3 ms for the other bins), push ->
-receive p99 1.6-2.1 ms against 0.84 ms with the flush left out. Waiting for a bin is the waiter's
+subscriber 0.56-2.49 ms after its push (median over a run's flushes, 10 runs; any other bin
+0.49-0.61 ms), 0.57-0.63 ms with the flush waiting; push -> receive p99 0.90-2.53 -> 0.84-1.21 ms
+(6 runs). Waiting for a bin is the waiter's
 (decoder_runtime.warm.BinWaiter): at real pace it runs a dry pass of the bin's path just
 before the next bin is due, so the caches are warm when it comes.
 
