@@ -1,10 +1,11 @@
 """The cheap fallback decoder: what the engine sends when the model misses its deadline.
 
 An artifact carries a Wiener filter fitted beside the network (`fallback.safetensors`,
-models.linear.WienerDecoder). Here it runs in numpy, outside torch and outside the model's
-worker thread, so it can answer while the model is still busy: `push` z-scores every
-decoded bin into a ring of the last H bins (a few us), `predict` is one [2, H*C] matvec,
-paid only on a miss. The ring is zero-initialised and reset with the model, exactly like
+models.linear.WienerDecoder). Here it runs outside torch and outside the model's worker
+thread, so it can answer while the model is still busy: `push` z-scores every decoded bin
+into a ring of the last H bins, in one numba pass since it is paid on every bin (40 Hz,
+inline: the stage around it 5.2 -> 3.4 us p50 against three NumPy calls), `predict` is one
+[2, H*C] NumPy matvec, paid only on a miss. The ring is zero-initialised and reset with the model, exactly like
 WienerDecoder.init_state, so its outputs equal the module's own `step`.
 
 The ring is stored twice over (2H rows, each bin written at i and i+H) so the last H bins
