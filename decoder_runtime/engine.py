@@ -15,13 +15,13 @@ its arrival; the core's stepper waits for the model only until then and otherwis
 fallback's velocity, flagged (decoder_runtime.stepping says how the model's state stays
 exact). Idle and periodic work (flushing the record, draining events, growing the log,
 the status message) happens between bins, once the source has had nothing to give for
-`IDLE_S` (or a quarter of a period, if shorter) after a bin; bins back to back, with no such
-pause, get it a whole `flush_every` later, right after a bin. Why not at once after the bin:
-the message just sent is still on its way, and ~1 ms of record flush (HDF5 writes) right then
-held it up: `serve --deadline-ms 0` end to end at 40 Hz, the bin before each flush reached a
-subscriber 0.56-2.49 ms after its push (median over a run's flushes, 10 runs; any other bin
-0.49-0.61 ms), 0.57-0.63 ms with the flush waiting; push -> receive p99 0.90-2.53 -> 0.84-1.21 ms
-(6 runs). Waiting for a bin is the waiter's
+`IDLE_S` (or a quarter of the time between arrivals, if shorter) after a bin; bins back to
+back, with no such pause, get it a whole `flush_every` later, right after a bin. Why not at
+once after the bin: the message just sent is still on its way, and ~1 ms of record flush
+(HDF5 writes) right then held it up: `serve --deadline-ms 0` end to end at 40 Hz, the bin
+before each flush reached a subscriber 0.56-2.49 ms after its push (median over a run's
+flushes, 10 runs; any other bin 0.49-0.61 ms), 0.57-0.63 ms with the flush waiting; push ->
+receive p99 0.90-2.53 -> 0.84-1.21 ms (6 runs). Waiting for a bin is the waiter's
 (decoder_runtime.warm.BinWaiter): at real pace it runs a dry pass of the bin's path just
 before the next bin is due, so the caches are warm when it comes.
 
@@ -45,7 +45,7 @@ from decoder_runtime.messages import MessagePacker
 from decoder_runtime.record import SessionRecorder
 from decoder_runtime.sources import Pulled, Source
 from decoder_runtime.timing import ADAPTED, ARRIVAL, RECORDED, SENT, STAGES, STEPPED, VALIDATED, summarize
-from decoder_runtime.warm import BinWaiter
+from decoder_runtime.warm import BinWaiter, arrival_period_s
 
 IDLE_S = 0.002  # quiet time after a bin before periodic work (module doc): its message is delivered by then
 
@@ -198,7 +198,8 @@ class Engine:
         mono = time.monotonic_ns
         n = 0
         next_break = cfg.flush_every
-        idle_s = min(IDLE_S, self.period / 4)
+        spacing = arrival_period_s(source)  # a replay at --speed 10 brings a bin every 2.5 ms
+        idle_s = IDLE_S if spacing is None else min(IDLE_S, spacing / 4)
         work_due = False  # periodic work waits for the source to be quiet for idle_s (module doc)
         switch = sys.getswitchinterval()
         try:

@@ -207,7 +207,7 @@ class ArrivalPredictor:
         return int(self._phase.min()) + round((k - self._k0) * self.period_ns)
 
 
-def _arrival_period_s(source: Source) -> float | None:
+def arrival_period_s(source: Source) -> float | None:
     """Seconds between bins as they reach the loop; None when they come back to back (replay max)."""
     pacer = getattr(source, "pacer", None)
     if pacer is not None:
@@ -281,7 +281,7 @@ class BinWaiter:
         s = self.settings
         self._engine = engine
         self._k = 0
-        period = _arrival_period_s(engine.source)
+        period = arrival_period_s(engine.source)
         self._predictor = ArrivalPredictor(period * 1e9) if s.keep_warm and period else None
         spin_us = s.spin_us if s.spin_us is not None else SPIN_US if hasattr(engine.source, "pacer") else 0.0
         self._spin_ns = int(spin_us * 1e3)
