@@ -28,8 +28,12 @@ next bin -- does this:
    ones after it ~40 us): budgeting the repeats by it, as this did at first, left no room for
    them at the default 1 ms lead on most bins, and a bin came 200-500 us after the last pass
    (measured: 40 Hz arrival->sent p50 65-91 -> 52-53 us, 3 rounds). The hot pass is first
-   timed at start (`SETUP_PASSES` back to back). Inline steps only: with the step on a worker
-   thread, whole passes repeated on the loop kept the GIL from the worker (hand-off p50 30 ->
+   timed at start (`SETUP_PASSES` back to back), and a repeated pass counts as at most
+   `PREEMPTED` times that: one the OS preempted (a 350 us pass in a run whose passes take 38)
+   used to set the budget for the bins after it, whose room then never fit two of it, so no
+   repeat ran to correct it (31% of a 1,200-bin run's bins, and 75% of another's, got no
+   repeated pass; own work p50 37 vs 20 us in them). Inline steps only: with the step on a
+   worker thread, whole passes repeated on the loop kept the GIL from the worker (hand-off p50 30 ->
    110-138 us, measured) and dry steps queued from the loop were still running there when a
    third of the bins came. There the worker repeats its own dry steps by the same rule, and
    stops as soon as anything is posted (model step at 40 Hz p50 36-41 -> 31-32 us, 3 rounds);
@@ -87,7 +91,8 @@ if TYPE_CHECKING:
 WINDOW = 40  # bins over which the earliest arrival phase is taken (1 s at 40 Hz)
 SPIN_US = 3000.0  # default poll past the prediction for a replay (its own pacer spins anyway)
 POLL_PAUSE_NS = 20_000  # GIL-free pause between polls for a bin while a worker steps (20 us)
-SETUP_PASSES = 3  # passes back to back at start, the last one timing a hot pass for the repeat rule
+SETUP_PASSES = 3  # passes back to back at start, the fastest one timing a hot pass for the repeat rule
+PREEMPTED = 4  # a repeated pass counts as at most this many hot passes of the start's (module doc, 3)
 LAST_PASS_NS = 250_000  # step on a worker: the loop's last pass this long before the predicted bin
 DRY_GAP_NS = 150_000  # ... and the worker's dry steps end this long before that pass
 GC_EVERY = 40  # bins between young-generation collections when the collector is off in the loop
@@ -273,6 +278,7 @@ class BinWaiter:
         self._k = 0
         self._first_ns = 0  # duration of the last first (cold) warm pass of a bin
         self._again_ns = 0  # duration of the last repeated (hot) one, first timed at start
+        self._cap_ns = 0  # ... counted as at most PREEMPTED times the one at start
         self._spin_ns = 0
         self._gc_was_enabled = False
 
@@ -298,8 +304,8 @@ class BinWaiter:
             self._scratch_t = 0.0
             self._log = np.zeros(1 << 16, dtype=np.int64)
             if self._repeat:  # what a hot pass takes, before the first bin needs it: passes back to back
-                for _ in range(SETUP_PASSES):
-                    self._again_ns = self._warm_pass()
+                self._again_ns = min(self._warm_pass() for _ in range(SETUP_PASSES))
+                self._cap_ns = PREEMPTED * self._again_ns
         if s.freeze_gc:
             gc.collect()
             gc.freeze()
@@ -345,7 +351,7 @@ class BinWaiter:
             return got
         if self._repeat:  # spinning anyway: spin on the hot path itself
             while another_fits(due, mono(), self._again_ns):  # timed by the last hot pass, not the cold first one
-                self._again_ns = self._warm_pass()
+                self._again_ns = min(self._warm_pass(), self._cap_ns)  # a preempted one: no budget for the next bins
                 got = source.pull(0.0)
                 if got is not None:
                     self.counts["overlapped"] += 1
