@@ -14,6 +14,15 @@ measures both, alternated in rounds so that load from other work falls on every 
 Every figure is reported beside its reference from the same run as a ratio ("× ref": this
 variant's p50 / p99 over the reference's): a 40 Hz replay over the max-speed replay of the
 same step mode, a `serve` over the bare relay.
+
+Each replay also gets the runtime's own work over only the bins whose model step took at most
+`USUAL_SPEED` times its median in that round: the machine at its usual speed. Why: on a
+shared VM the own-work tail at 40 Hz is mostly bins in which everything ran slow at once --
+the model step too, the same kernel with its weights warmed by the same dry step before every
+bin (2-core VM, 1,200 bins at 40 Hz, inline: own work and step correlated 0.65-0.79; the 24
+slowest bins' steps took 1.8-3.2 times the median; own work p99 56 µs over all bins, 37 µs over
+the 92% whose step was within 1.5 times its median). A reader can then tell the runtime's tail
+from the machine's. It is a diagnostic, not a target: the targets take every bin.
 """
 from __future__ import annotations
 
@@ -32,6 +41,8 @@ COLD = ("--no-keep-warm", "--no-freeze-gc", "--handoff-spin-us", "0")  # the loo
 ARRIVAL_TO_SENT = "arrival → sent"
 SETTLE_BINS = 40  # first bins of each round not measured (start-up, connections settling)
 RATIO = "× ref p50 / p99"
+USUAL_SPEED = 1.5  # a bin whose model step took at most this many times the round's median (module doc)
+OWN_AT_USUAL = f"own work, step ≤ {USUAL_SPEED:g}× its median"
 
 
 @dataclass(frozen=True)
@@ -69,10 +80,13 @@ E2E_RUNS = (
 
 
 def _replay_latencies(stamps: np.ndarray) -> dict[str, np.ndarray]:
-    """arrival → sent, the runtime's own work and the model step, ns per bin (decoder_runtime.timing)."""
+    """arrival → sent, the runtime's own work, the model step (decoder_runtime.timing), and the own work of
+    the bins whose step ran at the machine's usual speed (module doc), ns per bin."""
     lat = latencies(stamps)
-    return {ARRIVAL_TO_SENT: lat["latency"], runtime.OWN_WORK: lat[runtime.OWN_WORK],
-            runtime.MODEL_STEP: lat[runtime.MODEL_STEP]}
+    own, step = lat[runtime.OWN_WORK], lat[runtime.MODEL_STEP]  # the bins the model stepped, both
+    usual = step <= USUAL_SPEED * np.median(step) if step.size else np.zeros(0, dtype=bool)
+    return {ARRIVAL_TO_SENT: lat["latency"], runtime.OWN_WORK: own, runtime.MODEL_STEP: step,
+            OWN_AT_USUAL: own[usual]}
 
 
 def _round_ratios(rounds: dict[int, np.ndarray], ref_rounds: dict[int, np.ndarray]) -> dict[str, list[float]]:
