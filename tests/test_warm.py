@@ -221,28 +221,40 @@ def _fake_waiter(monkeypatch, clock: _Clock, n_bins: int, *, repeat: bool, stepp
     return waiter, due
 
 
-def test_repeated_passes_are_budgeted_by_a_hot_pass_not_the_cold_first_one(monkeypatch):
-    """A first pass as long as 60 % of the lead (cold) must not stop the hot passes after it (40 us
-    each) from filling the time up to the bin; none may still run when the bin is due."""
+def _repeat_passes(monkeypatch, pass_ns):
+    """Bins 0-3 through a repeating waiter on the fake clock, pass i taking pass_ns(i, cold) fake ns
+    (cold: the first after a long idle); the due times, the (start, end) of the passes run before each
+    bin (none before bin 0: nothing is predicted yet), and the waiter."""
+    from decoder_runtime import warm as warm_mod
+
     clock = _Clock()
     waiter, due = _fake_waiter(monkeypatch, clock, 4, repeat=True)
-    passes: list[tuple[int, int]] = []  # (start, end) of each pass, fake ns
+    passes: list[tuple[int, int]] = []
 
     def warm_pass() -> int:
         start = clock.ns
-        clock.ns += 600_000 if not passes or passes[-1][1] < clock.ns - 5_000_000 else 40_000  # cold after a long idle
+        clock.ns += pass_ns(len(passes), not passes or passes[-1][1] < clock.ns - 5_000_000)
         passes.append((start, clock.ns))
         return clock.ns - start
 
     monkeypatch.setattr(waiter, "_warm_pass", warm_pass)
-    waiter._again_ns, waiter._cap_ns = 40_000, 160_000  # as measured at set-up (BinWaiter.start)
-    assert waiter.pull(1.0) is not None  # bin 0: nothing predicted yet, no pass
-    waiter.took(clock.ns, 0)
-    for k in (1, 2, 3):
+    waiter._again_ns, waiter._cap_ns = 40_000, warm_mod.PREEMPTED * 40_000  # as measured at set-up (BinWaiter.start)
+    per_bin = []
+    for _ in due:
         n = len(passes)
         assert waiter.pull(1.0) is not None
         waiter.took(clock.ns, 0)
-        ran = passes[n:]
+        per_bin.append(passes[n:])
+    return due, per_bin, waiter
+
+
+def test_repeated_passes_are_budgeted_by_a_hot_pass_not_the_cold_first_one(monkeypatch):
+    """A first pass as long as 60 % of the lead (cold) must not stop the hot passes after it (40 us
+    each) from filling the time up to the bin; none may still run when the bin is due."""
+    due, per_bin, waiter = _repeat_passes(monkeypatch, lambda i, cold: 600_000 if cold else 40_000)
+    assert per_bin[0] == []
+    for k in (1, 2, 3):
+        ran = per_bin[k]
         assert ran[0][1] - ran[0][0] == 600_000 and len(ran) >= 5  # the cold pass, then hot ones
         assert all(end <= due[k] for _, end in ran)  # none still running when the bin came
         assert due[k] - ran[-1][1] <= 2 * 40_000  # and they went on up to it
@@ -253,33 +265,14 @@ def test_one_preempted_pass_does_not_stop_the_repeats_of_the_bins_after_it(monke
     """A repeated pass the OS held up (400 us where they take 40) counts as at most PREEMPTED hot
     passes: the next bins still repeat up to the bin (it used to budget them by the 400 us, and then
     no repeat ran to learn better)."""
-    from decoder_runtime import warm as warm_mod
-
-    clock = _Clock()
-    waiter, due = _fake_waiter(monkeypatch, clock, 4, repeat=True)
-    passes: list[tuple[int, int]] = []
-
-    def warm_pass() -> int:
-        start = clock.ns
-        cold = not passes or passes[-1][1] < clock.ns - 5_000_000
-        preempted = len(passes) == 2  # bin 1's second hot pass
-        clock.ns += 250_000 if cold else 400_000 if preempted else 40_000
-        passes.append((start, clock.ns))
-        return clock.ns - start
-
-    monkeypatch.setattr(waiter, "_warm_pass", warm_pass)
-    waiter._again_ns, waiter._cap_ns = 40_000, warm_mod.PREEMPTED * 40_000
-    assert waiter.pull(1.0) is not None
-    waiter.took(clock.ns, 0)
+    due, per_bin, waiter = _repeat_passes(monkeypatch, lambda i, cold: 250_000 if cold else 400_000 if i == 2 else 40_000)
+    preempted = per_bin[1][2]  # bin 1's second hot pass
+    assert preempted[1] - preempted[0] == 400_000
     for k in (1, 2, 3):
-        n = len(passes)
-        assert waiter.pull(1.0) is not None
-        waiter.took(clock.ns, 0)
-        ran = passes[n:]
-        assert all(end <= due[k] for _, end in ran)
-        if k > 1:  # after the preempted one: hot passes up to the bin again
-            assert len(ran) >= 10 and due[k] - ran[-1][1] <= 2 * 40_000
-    assert passes[2][1] - passes[2][0] == 400_000 and waiter.counts["overlapped"] == 0
+        assert all(end <= due[k] for _, end in per_bin[k])
+    for k in (2, 3):  # after it: hot passes up to the bin again
+        assert len(per_bin[k]) >= 10 and due[k] - per_bin[k][-1][1] <= 2 * 40_000
+    assert waiter.counts["overlapped"] == 0
 
 
 def test_with_the_step_on_a_worker_the_loop_passes_once_more_after_the_worker_s_dry_steps(monkeypatch):
