@@ -19,9 +19,9 @@ Each replay also gets the runtime's own work over only the bins whose model step
 `USUAL_SPEED` times its median in that round: the machine at its usual speed. Why: on a
 shared VM the own-work tail at 40 Hz is mostly bins in which everything ran slow at once --
 the model step too, the same kernel with its weights warmed by the same dry step before every
-bin (2-core VM, 1,200 bins at 40 Hz, inline: own work and step correlated 0.65-0.79; the 24
-slowest bins' steps took 1.8-3.2 times the median; own work p99 56 µs over all bins, 37 µs over
-the 92% whose step was within 1.5 times its median). A reader can then tell the runtime's tail
+bin (2-core VM, 1,200 bins at 40 Hz, inline: own work and step correlated 0.65-0.79; in 22 of
+the 24 bins with the most own work the step took 1.8-3.2 times its median; own work p99 56 µs
+over all bins, 37 µs over the 92% whose step was within 1.5 times its median). A reader can then tell the runtime's tail
 from the machine's. It is a diagnostic, not a target: the targets take every bin.
 """
 from __future__ import annotations

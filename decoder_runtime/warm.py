@@ -32,9 +32,10 @@ next bin -- does this:
    `PREEMPTED` times that: one the OS preempted (a 350 us pass in a run whose passes take 38)
    used to set the budget for the bins after it, whose room then never fit two of it, so no
    repeat ran to correct it (31% of a 1,200-bin run's bins, and 75% of another's, got no
-   repeated pass; own work p50 37 vs 20 us in them). Inline steps only: with the step on a
-   worker thread, whole passes repeated on the loop kept the GIL from the worker (hand-off p50 30 ->
-   110-138 us, measured) and dry steps queued from the loop were still running there when a
+   repeated pass; own work p50 37 vs 20 us in them; A/B, 6 interleaved rounds: arrival->sent
+   p50 51 -> 45 us, median over rounds). Inline steps only: with the step on a worker thread,
+   whole passes repeated on the loop kept the GIL from the worker (hand-off p50 30 -> 110-138
+   us, measured) and dry steps queued from the loop were still running there when a
    third of the bins came. There the worker repeats its own dry steps by the same rule, and
    stops as soon as anything is posted (model step at 40 Hz p50 36-41 -> 31-32 us, 3 rounds);
    the loop polls with a 20 us GIL-free pause between polls. Its own stages go cold again in
