@@ -21,33 +21,33 @@ next bin -- does this:
    is also told when the bin is due (`ThreadedStepper.expect`): after its dry steps it spins
    for the bin with the GIL released instead of sleeping on its queue (decoder_runtime.spin).
 3. Then it waits for the bin. A replay is polled without sleeping (`pull(0)`, up to `spin_us`
-   past the prediction; its pacer spins the last 1 ms anyway); with `repeat` (default) the
-   spin up to the prediction is more warm passes, polled between them, each started only if
-   one twice as long as the last *hot* pass ends before the predicted bin
+   past the prediction; its pacer spins the last 1 ms anyway); with `repeat` (default) the spin
+   up to the prediction is more warm passes, polled between them, each started only if one
+   twice as long as the last *hot* pass ends before the predicted bin
    (decoder_runtime.stepping.another_fits). The first pass of a bin is cold (~250-300 us; the
    ones after it ~40 us): budgeting the repeats by it, as this did at first, left no room for
    them at the default 1 ms lead on most bins, and a bin came 200-500 us after the last pass
-   (measured: 40 Hz arrival->sent p50 65-91 -> 52-53 us, 3 rounds). The hot pass is first
-   timed at start (`SETUP_PASSES` back to back), and a repeated pass counts as at most
-   `PREEMPTED` times that: one the OS preempted (a 350 us pass in a run whose passes take 38)
-   used to set the budget for the bins after it, whose room then never fit two of it, so no
-   repeat ran to correct it (31% of a 1,200-bin run's bins, and 75% of another's, got no
-   repeated pass; own work p50 37 vs 20 us in them; A/B, 6 interleaved rounds: arrival->sent
-   p50 51 -> 45 us, median over rounds). Inline steps only: with the step on a worker thread,
-   whole passes repeated on the loop kept the GIL from the worker (hand-off p50 30 -> 110-138
-   us, measured) and dry steps queued from the loop were still running there when a
-   third of the bins came. There the worker repeats its own dry steps by the same rule, and
-   stops as soon as anything is posted (model step at 40 Hz p50 36-41 -> 31-32 us, 3 rounds);
-   the loop polls with a 20 us GIL-free pause between polls. Its own stages go cold again in
-   that ~1 ms of polling, so it runs one more pass `LAST_PASS_NS` before the bin (with its dry
-   step on the worker); the worker's repeated dry steps end `DRY_GAP_NS` before that pass, so
-   the two do not take the GIL from each other (a last pass while the worker still repeated
-   made the hand-off p50 31-37 -> 52-79 us). Measured, 40 Hz, worker step, 12 interleaved
-   rounds: arrival->sent p50 88-130 -> 73-101 us, lower in 11 of 12 (validate 9-14 -> 7-10,
-   publish 17-22 -> 11-16 us). An LSL inlet is waited on in liblsl (blocking pull) by default:
-   the sample reaches the inlet through liblsl's own receive thread, and on a 2-core machine a
-   spinning loop starves that thread (measured: push -> receive p50 4.1 ms spinning vs 0.75 ms
-   blocking, same run, load ~20).
+   (measured: 40 Hz arrival->sent p50 65-91 -> 52-53 us, 3 rounds). The hot pass is first timed
+   at start (`SETUP_PASSES` back to back), and a repeated pass counts as at most `PREEMPTED`
+   times that: one the OS preempted (a 350 us pass in a run whose passes take 38) used to set
+   the budget for the bins after it, whose room then never fit two of it, so no repeat ran to
+   correct it (31% of a 1,200-bin run's bins, and 75% of another's, got no repeated pass; own
+   work p50 37 vs 20 us in them; A/B, 6 interleaved rounds: arrival->sent p50 51 -> 45 us,
+   median over rounds); `summary()["no_repeat"]` counts the bins that still got none. Inline
+   steps only: with the step on a worker thread, whole passes repeated on the loop kept the GIL
+   from the worker (hand-off p50 30 -> 110-138 us, measured) and dry steps queued from the loop
+   were still running there when a third of the bins came. There the worker repeats its own dry
+   steps by the same rule, and stops as soon as anything is posted (model step at 40 Hz p50
+   36-41 -> 31-32 us, 3 rounds); the loop polls with a 20 us GIL-free pause between polls. Its
+   own stages go cold again in that ~1 ms of polling, so it runs one more pass `LAST_PASS_NS`
+   before the bin (with its dry step on the worker); the worker's repeated dry steps end
+   `DRY_GAP_NS` before that pass, so the two do not take the GIL from each other (a last pass
+   while the worker still repeated made the hand-off p50 31-37 -> 52-79 us). Measured, 40 Hz,
+   worker step, 12 interleaved rounds: arrival->sent p50 88-130 -> 73-101 us, lower in 11 of 12
+   (validate 9-14 -> 7-10, publish 17-22 -> 11-16 us). An LSL inlet is waited on in liblsl
+   (blocking pull) by default: the sample reaches the inlet through liblsl's own receive
+   thread, and on a 2-core machine a spinning loop starves that thread (measured: push ->
+   receive p50 4.1 ms spinning vs 0.75 ms blocking, same run, load ~20).
 
 The prediction: bin k is expected at `offset + k * P`, with P the source's arrival period
 (replay: bin width / speed; LSL: the bin width) and `offset` the smallest `t_arr - k * P`
@@ -272,7 +272,7 @@ class BinWaiter:
     def __init__(self, settings: WarmSettings | None = None) -> None:
         self.settings = settings or WarmSettings.off()
         self.counts = {"warm_passes": 0, "spun_to_bin": 0, "blocked_after_spin": 0, "blocked_after_warm": 0,
-                       "overlapped": 0, "skipped_no_time": 0}
+                       "overlapped": 0, "skipped_no_time": 0, "no_repeat": 0}
         self.warm_ns = np.zeros(0, dtype=np.int64)
         self._engine: Engine | None = None
         self._predictor: ArrivalPredictor | None = None
@@ -351,12 +351,16 @@ class BinWaiter:
             self.counts["overlapped"] += 1
             return got
         if self._repeat:  # spinning anyway: spin on the hot path itself
+            repeats = 0
             while another_fits(due, mono(), self._again_ns):  # timed by the last hot pass, not the cold first one
                 self._again_ns = min(self._warm_pass(), self._cap_ns)  # a preempted one: no budget for the next bins
+                repeats += 1
                 got = source.pull(0.0)
                 if got is not None:
                     self.counts["overlapped"] += 1
                     return got
+            if not repeats:  # the bin comes after the cold first pass only (module doc, 3)
+                self.counts["no_repeat"] += 1
         spin_end = due + self._spin_ns
         while self._spin_ns and mono() < spin_end:
             got = source.pull(0.0)

@@ -258,7 +258,7 @@ def test_repeated_passes_are_budgeted_by_a_hot_pass_not_the_cold_first_one(monke
         assert ran[0][1] - ran[0][0] == 600_000 and len(ran) >= 5  # the cold pass, then hot ones
         assert all(end <= due[k] for _, end in ran)  # none still running when the bin came
         assert due[k] - ran[-1][1] <= 2 * 40_000  # and they went on up to it
-    assert waiter.counts["overlapped"] == 0
+    assert waiter.counts["overlapped"] == waiter.counts["no_repeat"] == 0
 
 
 def test_one_preempted_pass_does_not_stop_the_repeats_of_the_bins_after_it(monkeypatch):
@@ -272,7 +272,7 @@ def test_one_preempted_pass_does_not_stop_the_repeats_of_the_bins_after_it(monke
         assert all(end <= due[k] for _, end in per_bin[k])
     for k in (2, 3):  # after it: hot passes up to the bin again
         assert len(per_bin[k]) >= 10 and due[k] - per_bin[k][-1][1] <= 2 * 40_000
-    assert waiter.counts["overlapped"] == 0
+    assert waiter.counts["overlapped"] == waiter.counts["no_repeat"] == 0
 
 
 def test_with_the_step_on_a_worker_the_loop_passes_once_more_after_the_worker_s_dry_steps(monkeypatch):
@@ -304,3 +304,11 @@ def test_with_the_step_on_a_worker_the_loop_passes_once_more_after_the_worker_s_
     waiter.settings.lead_us = 200  # the first pass ends after the last one's time: no last pass
     assert waiter.pull(1.0) is not None
     assert starts[2:] == [due[2] - 200_000]
+
+
+def test_bins_that_came_after_the_cold_first_pass_only_are_counted(monkeypatch):
+    """A first pass that leaves no room for a hot one (950 us of a 1 ms lead): each such bin is
+    counted in the summary's no_repeat, which a run's summary shows."""
+    due, per_bin, waiter = _repeat_passes(monkeypatch, lambda i, cold: 950_000 if cold else 40_000)
+    assert [len(ran) for ran in per_bin] == [0, 1, 1, 1]
+    assert waiter.counts["no_repeat"] == 3 and waiter.counts["overlapped"] == 0
