@@ -5,8 +5,8 @@ models.linear.WienerDecoder). Here it runs outside torch and outside the model's
 thread, so it can answer while the model is still busy: `push` z-scores every decoded bin
 into a ring of the last H bins, in one numba pass since it is paid on every bin (40 Hz,
 inline: the stage around it 5.2 -> 3.4 us p50 against three NumPy calls), `predict` is one
-[2, H*C] NumPy matvec, paid only on a miss. The ring is zero-initialised and reset with the model, exactly like
-WienerDecoder.init_state, so its outputs equal the module's own `step`.
+[2, H*C] NumPy matvec, paid only on a miss. The ring is zero-initialised and reset with the
+model, exactly like WienerDecoder.init_state, so its outputs equal the module's own `step`.
 
 The ring is stored twice over (2H rows, each bin written at i and i+H) so the last H bins
 are always one contiguous oldest-first slice: no copy or roll per bin.

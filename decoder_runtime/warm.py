@@ -279,7 +279,7 @@ class BinWaiter:
         self._k = 0
         self._first_ns = 0  # duration of the last first (cold) warm pass of a bin
         self._again_ns = 0  # duration of the last repeated (hot) one, first timed at start
-        self._cap_ns = 0  # ... counted as at most PREEMPTED times the one at start
+        self._cap_ns = 0  # ... counted as at most PREEMPTED times the one at start (and half the lead)
         self._spin_ns = 0
         self._gc_was_enabled = False
 
@@ -305,8 +305,9 @@ class BinWaiter:
             self._scratch_t = 0.0
             self._log = np.zeros(1 << 16, dtype=np.int64)
             if self._repeat:  # what a hot pass takes, before the first bin needs it: passes back to back
-                self._again_ns = min(self._warm_pass() for _ in range(SETUP_PASSES))
-                self._cap_ns = PREEMPTED * self._again_ns
+                hot = min(self._warm_pass() for _ in range(SETUP_PASSES))
+                self._cap_ns = min(PREEMPTED * hot, self._half_lead_ns())
+                self._again_ns = min(hot, self._cap_ns)
         if s.freeze_gc:
             gc.collect()
             gc.freeze()
@@ -344,7 +345,7 @@ class BinWaiter:
         # a step on a worker: its dry steps end before the loop's last pass; it spins for the bin (GIL released)
         self._engine.core.stepper.expect(due - LAST_PASS_NS - DRY_GAP_NS,
                                          due + max(self._spin_ns, int(s.lead_us * 1e3)))
-        self._first_ns = self._warm_pass()
+        self._first_ns = min(self._warm_pass(), self._half_lead_ns())
         last_pass = due - LAST_PASS_NS if self._pause_polls and mono() < due - LAST_PASS_NS else 0
         got = source.pull(0.0)
         if got is not None:
@@ -389,9 +390,13 @@ class BinWaiter:
         if self.settings.freeze_gc and self._k % GC_EVERY == 0:
             gc.collect(0)
 
+    def _half_lead_ns(self) -> int:
+        """The most a pass may be expected to take: one the OS preempted says nothing about the next."""
+        return int(self.settings.lead_us * 500)
+
     def _warm_pass(self) -> int:
         """The bin's own code on the scratch lane (Engine.bin): changes nothing, delivers nothing.
-        Returns what the next such pass is expected to take (ns)."""
+        Returns how long it took (ns)."""
         t0 = time.monotonic_ns()
         e = self._engine
         self._scratch_t += e.period  # an in-line timeline: the scratch validator takes the common path
@@ -402,8 +407,7 @@ class BinWaiter:
         if i < self._log.shape[0]:
             self._log[i] = took
         self.counts["warm_passes"] = i + 1
-        # a pass the OS preempted says nothing about the next: the estimate never exceeds half the lead
-        return min(took, int(self.settings.lead_us * 500))
+        return took
 
     def summary(self) -> dict:
         """What the waiter did over the run: settings, counts, the warm pass's own cost (us)."""
