@@ -25,7 +25,7 @@ from decoder_runtime.adaptation.base import Adapter
 from decoder_runtime.config import AdaptConfig, RuntimeConfig
 from decoder_runtime.core import BinCore
 from decoder_runtime.engine import Engine, Output, RunResult
-from decoder_runtime.stepping import InlineStepper, ThreadedStepper
+from decoder_runtime.stepping import GuardedStepper, InlineStepper
 from decoder_runtime.validate import Validator
 from decoder_runtime.warm import BinWaiter, WarmError, apply_process
 
@@ -77,7 +77,7 @@ def make_core(artifact: "Artifact", backend: "Backend", cfg: RuntimeConfig,
                           None if v.late_ms is None else v.late_ms / 1e3)
     model_vel = np.full((1, 2), np.nan, dtype=np.float32)  # replaced by the engine's log
     d = cfg.deadline
-    stepper = (ThreadedStepper(backend, model_vel, artifact.n_channels, d.max_backlog, d.handoff_spin_us)
+    stepper = (GuardedStepper(backend, model_vel, artifact.n_channels, d.max_backlog, d.answer_ns, d.handoff_spin_us)
                if d.bounded
                else InlineStepper(backend, model_vel))
     return BinCore(validator, stepper, adapter=adapter, fallback=fallback, on_gap=v.on_gap), note

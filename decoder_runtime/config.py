@@ -15,8 +15,9 @@ TOML layout (every table and key optional; defaults below):
     [model]      artifact, backend ("auto"), device ("cpu"), threads
     [validation] bad_bin ("impute" | "hold"), late_ms, on_gap ("reset" | "keep")
     [adapt]      method (none|health|norm|norm+health|full; absent: the artifact's own), tau_s
-    [deadline]   deadline_ms (10; 0 = step inline, unbounded), reserve_us, max_backlog, handoff_spin_us (500;
-                 0 = loop and worker sleep on queues: decoder_runtime.spin)
+    [deadline]   deadline_ms (10; 0 = step inline, unbounded; else inline under a guard thread), reserve_us,
+                 max_backlog, handoff_spin_us (500, after an overrun; 0 = loop and worker sleep on queues:
+                 decoder_runtime.spin)
     [output]     zmq ("tcp://127.0.0.1:5555" | "none"), allow_remote, curve_secret, curve_clients,
                  record (NWB path), lsl_out (LSL stream name), wait_subscriber_s
     [warm]       keep_warm (true), lead_us (1000), spin_us, pin_cpus ([1] or [0, 1]), realtime, freeze_gc, repeat
@@ -124,7 +125,7 @@ class DeadlineConfig:
     deadline_ms: float = 10.0
     reserve_us: float = 500.0
     max_backlog: int = 8
-    handoff_spin_us: float = 500.0  # loop and worker spin (GIL released) this long for each other (decoder_runtime.spin)
+    handoff_spin_us: float = 500.0  # after an overrun, loop and worker spin (GIL released) this long for each other (decoder_runtime.spin)
 
     def __post_init__(self) -> None:
         _positive("deadline.deadline_ms", self.deadline_ms, allow_zero=True, optional=False)
@@ -138,8 +139,13 @@ class DeadlineConfig:
 
     @property
     def bounded(self) -> bool:
-        """Whether the step runs on a worker under the deadline (False: inline, unbounded)."""
+        """Whether the step runs under the deadline, guarded (False: inline, unbounded)."""
         return self.deadline_ms > 0
+
+    @property
+    def answer_ns(self) -> int:
+        """How long after its arrival a bin is answered at the latest, ns (0: unbounded)."""
+        return int(self.deadline_ms * 1e6 - self.reserve_us * 1e3) if self.bounded else 0
 
 
 @dataclass(frozen=True)

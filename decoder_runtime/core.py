@@ -12,9 +12,10 @@ Per bin, top to bottom:
 2. adapt: `adapter.process` (test-time adaptation), its flags; after a GAP with
    `on_gap reset`, the model and fallback restart from their initial state, since a state
    that skipped real time describes a moment that has passed;
-3. step, bounded by `until_ns`: the stepper (inline or on a worker); if the model misses,
-   the fallback decoder (the artifact's Wiener filter, which sees every decoded bin)
-   answers, else the last velocity is held;
+3. step, bounded by `until_ns`: the stepper (inline, guarded, or on a worker); if the model
+   misses, the fallback decoder (the artifact's Wiener filter, which sees every decoded bin)
+   answers, else the last velocity is held -- when a guarded inline step overruns, that answer
+   is `answer_late`'s, on the guard's thread, while the step runs on;
 4. observe: the adapter sees the velocity about to be sent (its guard can roll it back).
 The stage stamps go into the row the caller passes, so the engine's per-bin log and the
 record see exactly when each stage ended.
@@ -29,7 +30,7 @@ import numpy as np
 
 from decoder_runtime.adaptation.base import Adapter
 from decoder_runtime.messages import Flag
-from decoder_runtime.stepping import InlineStepper, ThreadedStepper
+from decoder_runtime.stepping import ANSWERED, GuardedStepper, InlineStepper
 from decoder_runtime.timing import ADAPTED, STAGES, STEP_BEGIN, STEP_END, STEPPED, VALIDATED
 from decoder_runtime.validate import Validator
 
@@ -48,7 +49,7 @@ class GapPolicy(str, Enum):
 class BinCore:
     """validate -> adapt -> step -> observe for one bin; the result is in `vx`, `vy`."""
 
-    def __init__(self, validator: Validator, stepper: InlineStepper | ThreadedStepper, *,
+    def __init__(self, validator: Validator, stepper: InlineStepper | GuardedStepper, *,
                  adapter: Adapter | None = None, fallback: WienerFallback | None = None,
                  on_gap: GapPolicy | str = GapPolicy.RESET) -> None:
         self.validator = validator
@@ -57,6 +58,7 @@ class BinCore:
         self.fallback = fallback
         self.reset_on_gap = GapPolicy(on_gap) is GapPolicy.RESET
         self.vx = self.vy = 0.0
+        self._flags = 0  # the bin's flags up to its step (answer_late's)
 
     def start(self) -> None:
         """Start of a session: every stage forgets earlier bins; the stepper warms up."""
@@ -71,8 +73,9 @@ class BinCore:
         self.stepper.finish(timeout_s)
 
     def decode(self, n: int, counts: np.ndarray, t_src: float, lag_s: float, flags: int, until_ns: int,
-               stamps: np.ndarray) -> int:
-        """Decode bin n; returns its flags, leaves its velocity in (vx, vy), stamps stages into `stamps`."""
+               stamps: np.ndarray) -> int | None:
+        """Decode bin n; returns its flags, leaves its velocity in (vx, vy), stamps stages into `stamps`.
+        None: the guard answered the bin at its deadline (`answer_late`), the model's step ran on."""
         mono = time.monotonic_ns
         validator, adapter, stepper, fallback = self.validator, self.adapter, self.stepper, self.fallback
         # 1. validate
@@ -94,23 +97,34 @@ class BinCore:
         # 3. step, bounded by until_ns
         if fallback is not None:
             fallback.push(x)
+        self._flags = flags
         y = stepper.step(n, x, until_ns)
-        flags |= stepper.flags
+        if y is ANSWERED:
+            return None
+        return self._conclude(y, flags | stepper.flags, stamps)
+
+    def answer_late(self, stamps: np.ndarray) -> int:
+        """The bin whose guarded inline step overran its deadline, answered without the model (on the
+        guard's thread, the step still running): the rest of `decode` with no velocity from it."""
+        return self._conclude(None, self._flags, stamps)
+
+    def _conclude(self, y: np.ndarray | None, flags: int, stamps: np.ndarray) -> int:
+        """The end of `decode`: the model's velocity, or on a miss the fallback's; then observe."""
         if y is not None:
-            stamps[STEP_BEGIN], stamps[STEP_END] = stepper.begin, stepper.end
+            stamps[STEP_BEGIN], stamps[STEP_END] = self.stepper.begin, self.stepper.end
         else:  # the model missed the deadline: answer on time without it
             stamps[STEP_BEGIN] = stamps[STEP_END] = 0
             flags |= _DEADLINE
-            if fallback is not None:
-                y = fallback.predict()
+            if self.fallback is not None:
+                y = self.fallback.predict()
                 flags |= _FALLBACK
         # 4. observe
         if y is not None:
             self.vx, self.vy = y.tolist()
-            adapter.observe(y)
+            self.adapter.observe(y)
         else:
             flags |= _HELD
-        stamps[STEPPED] = mono()
+        stamps[STEPPED] = time.monotonic_ns()
         return flags
 
 

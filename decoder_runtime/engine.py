@@ -44,6 +44,7 @@ from decoder_runtime.core import BinCore
 from decoder_runtime.messages import MessagePacker
 from decoder_runtime.record import SessionRecorder
 from decoder_runtime.sources import Pulled, Source
+from decoder_runtime.stepping import GuardedStepper
 from decoder_runtime.timing import ADAPTED, ARRIVAL, RECORDED, SENT, STAGES, STEPPED, VALIDATED, summarize
 from decoder_runtime.warm import BinWaiter, arrival_period_s
 
@@ -112,6 +113,8 @@ class Engine:
         self.on_event = on_event
         self.between_bins = between_bins  # extra periodic work, e.g. the status message (decoder_runtime.status)
         self.events: list[str] = []
+        if isinstance(core.stepper, GuardedStepper):
+            core.stepper.on_overrun = self.answer_late
         known = config.max_bins or getattr(source, "n_bins", None)
         self._alloc(known + config.flush_every if known else 1 << 16)
 
@@ -161,14 +164,28 @@ class Engine:
         """Bin n, pulled at t_arr: validate, adapt, step, publish, record, into `lane`; its flags.
 
         The keep-warm pass calls this too, on a scratch lane (decoder_runtime.warm)."""
-        mono = time.monotonic_ns
         counts, t_src, lag_s, flags = got
         row = lane.stamps[n]
         row[ARRIVAL] = t_arr
-        core = lane.core
+        self._inflight = lane, n, got, t_arr  # what answer_late needs, should the guard answer this bin
         # 2-4. validate, adapt, step (answered by the deadline), observe
-        flags = core.decode(n, counts, t_src, lag_s, flags, t_arr + deadline_ns, row)
-        vx, vy = core.vx, core.vy
+        flags = lane.core.decode(n, counts, t_src, lag_s, flags, t_arr + deadline_ns, row)
+        if flags is None:  # answered at its deadline on the guard's thread (answer_late); the step ran on
+            return int(lane.flags[n])
+        return self._deliver(lane, n, got, t_arr, flags)
+
+    def answer_late(self) -> None:
+        """On the guard's thread (decoder_runtime.stepping.GuardedStepper): the model's inline step
+        has overrun the deadline of the bin in flight; its answer goes out now without it."""
+        lane, n, got, t_arr = self._inflight
+        self._deliver(lane, n, got, t_arr, lane.core.answer_late(lane.stamps[n]))
+
+    def _deliver(self, lane: Lane, n: int, got: Pulled, t_arr: int, flags: int) -> int:
+        """Publish and record bin n (its velocity in the core's vx, vy); its flags."""
+        mono = time.monotonic_ns
+        counts, t_src = got[0], got[1]
+        row = lane.stamps[n]
+        vx, vy = lane.core.vx, lane.core.vy
         # 5. publish
         if lane.outputs:
             t = row.tolist()  # Python ints: cheaper than numpy scalar arithmetic, cold or warm
@@ -193,7 +210,7 @@ class Engine:
         cfg = self.config
         max_bins = cfg.max_bins or math.inf
         d = cfg.deadline
-        deadline_ns = int(d.deadline_ms * 1e6 - d.reserve_us * 1e3) if d.bounded else 0
+        deadline_ns = d.answer_ns
         source, core, waiter = self.source, self.core, self.waiter
         mono = time.monotonic_ns
         n = 0

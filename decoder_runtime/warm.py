@@ -17,14 +17,14 @@ next bin -- does this:
    restored, or the new state discarded; on the worker thread when the step runs there)), each
    output's `warm(body)` in place of its send (decoder_runtime.publish.Publisher.warm: the send
    path, nothing delivered), no recorder (it runs after the message is out) and a one-row log.
-   The live state and every output are untouched. With the step on a worker, the worker
-   is also told when the bin is due (`ThreadedStepper.expect`): after its dry steps it spins
-   for the bin with the GIL released instead of sleeping on its queue (decoder_runtime.spin).
+   The live state and every output are untouched. The dry step runs inline, as the step does
+   (with a deadline too: decoder_runtime.stepping.GuardedStepper); none runs while bins are
+   stepped on the guard's thread after an overrun.
 3. Then it waits for the bin. A replay is polled without sleeping (`pull(0)`, up to `spin_us`
    past the prediction; its pacer spins the last 1 ms anyway); with `repeat` (default) the spin
    up to the prediction is more warm passes, polled between them, each started only if one
-   twice as long as the last *hot* pass ends before the predicted bin
-   (decoder_runtime.stepping.another_fits). The first pass of a bin is cold (~250-300 us; the
+   twice as long as the last *hot* pass ends before the predicted bin (`another_fits`).
+   The first pass of a bin is cold (~250-300 us; the
    ones after it ~40 us): budgeting the repeats by it, as this did at first, left no room for
    them at the default 1 ms lead on most bins, and a bin came 200-500 us after the last pass
    (measured: 40 Hz arrival->sent p50 65-91 -> 52-53 us, 3 rounds). The hot pass is first timed
@@ -33,18 +33,7 @@ next bin -- does this:
    the budget for the bins after it, whose room then never fit two of it, so no repeat ran to
    correct it (31% of a 1,200-bin run's bins, and 75% of another's, got no repeated pass; own
    work p50 37 vs 20 us in them; A/B, 6 interleaved rounds: arrival->sent p50 51 -> 45 us,
-   median over rounds); `summary()["no_repeat"]` counts the bins that still got none. Inline
-   steps only: with the step on a worker thread, whole passes repeated on the loop kept the GIL
-   from the worker (hand-off p50 30 -> 110-138 us, measured) and dry steps queued from the loop
-   were still running there when a third of the bins came. There the worker repeats its own dry
-   steps by the same rule, and stops as soon as anything is posted (model step at 40 Hz p50
-   36-41 -> 31-32 us, 3 rounds); the loop polls with a 20 us GIL-free pause between polls. Its
-   own stages go cold again in that ~1 ms of polling, so it runs one more pass `LAST_PASS_NS`
-   before the bin (with its dry step on the worker); the worker's repeated dry steps end
-   `DRY_GAP_NS` before that pass, so the two do not take the GIL from each other (a last pass
-   while the worker still repeated made the hand-off p50 31-37 -> 52-79 us). Measured, 40 Hz,
-   worker step, 12 interleaved rounds: arrival->sent p50 88-130 -> 73-101 us, lower in 11 of 12
-   (validate 9-14 -> 7-10, publish 17-22 -> 11-16 us). An LSL inlet is waited on in liblsl
+   median over rounds); `summary()["no_repeat"]` counts the bins that still got none. An LSL inlet is waited on in liblsl
    (blocking pull) by default: the sample reaches the inlet through liblsl's own receive
    thread, and on a 2-core machine a spinning loop starves that thread (measured: push ->
    receive p50 4.1 ms spinning vs 0.75 ms blocking, same run, load ~20).
@@ -57,12 +46,11 @@ restarted after a GAP. At `--speed max` there is no period and nothing is warmed
 A bin never waits for the warm pass beyond its own length (~50-150 us cold): the pass only
 starts when the prediction is at least `lead_us` away, and bins that nonetheless arrived
 while it ran are counted (`summary()["overlapped"]`). Cost: up to `lead_us` + the bin's
-jitter of one core spinning per bin (the default 1 ms lead: ~4% of a core at 40 Hz); with
-the step on a worker, the worker's core too, from its dry step to the bin and for
-`handoff_spin_us` after it (~6% of a second core at 40 Hz with the defaults).
+jitter of one core spinning per bin (the default 1 ms lead: ~4% of a core at 40 Hz). A
+deadline's guard thread sleeps meanwhile (decoder_runtime.spin.guard_wait).
 
-Process-wide settings, applied by `apply_process()` before the engine starts its worker
-(so the worker inherits them): pin to `pin_cpus` (os.sched_setaffinity); SCHED_FIFO when
+Process-wide settings, applied by `apply_process()` before the engine starts its guard thread
+(so the guard inherits them): pin to `pin_cpus` (os.sched_setaffinity); SCHED_FIFO when
 `realtime` (a clear WarmError naming the missing privilege where the OS refuses); and with
 `freeze_gc` the collector's automatic runs are off inside the loop (everything from setup
 is frozen out of its reach with gc.freeze) and a young-generation collection runs between
@@ -81,8 +69,7 @@ import numpy as np
 
 from decoder_runtime.messages import Flag
 from decoder_runtime.core import BinCore, GapPolicy
-from decoder_runtime import spin
-from decoder_runtime.stepping import InlineStepper, ThreadedStepper, another_fits
+from decoder_runtime.stepping import GuardedStepper, InlineStepper
 from decoder_runtime.validate import Validator
 
 if TYPE_CHECKING:
@@ -91,13 +78,16 @@ if TYPE_CHECKING:
 
 WINDOW = 40  # bins over which the earliest arrival phase is taken (1 s at 40 Hz)
 SPIN_US = 3000.0  # default poll past the prediction for a replay (its own pacer spins anyway)
-POLL_PAUSE_NS = 20_000  # GIL-free pause between polls for a bin while a worker steps (20 us)
 SETUP_PASSES = 3  # passes back to back at start, the fastest one timing a hot pass for the repeat rule
 PREEMPTED = 4  # a repeated pass counts as at most this many hot passes of the start's (module doc, 3)
-LAST_PASS_NS = 250_000  # step on a worker: the loop's last pass this long before the predicted bin
-DRY_GAP_NS = 150_000  # ... and the worker's dry steps end this long before that pass
 GC_EVERY = 40  # bins between young-generation collections when the collector is off in the loop
 _GAP = int(Flag.GAP)
+
+
+def another_fits(due_ns: int, now_ns: int, last_ns: int) -> bool:
+    """Whether to start another warm pass that must end by due_ns (the predicted bin): only if one
+    twice as long as the last (hot) one still ends by then, so a slower one does too."""
+    return due_ns - now_ns > 2 * last_ns
 
 
 class WarmError(RuntimeError):
@@ -118,11 +108,11 @@ class WarmSettings:
     keep_warm: bool = True  # warm pass + spin before each predicted bin
     lead_us: float = 1000.0  # start the warm pass this long before the predicted arrival
     spin_us: float | None = None  # poll this long past the prediction (None: 3 ms for a replay, 0 for LSL)
-    pin_cpus: tuple[int, ...] | None = None  # pin the runtime (loop and worker) to these cores
+    pin_cpus: tuple[int, ...] | None = None  # pin the runtime (loop and guard thread) to these cores
     realtime: bool = False  # SCHED_FIFO for the runtime's threads
     realtime_priority: int = 10
     freeze_gc: bool = True  # no automatic collection inside the loop; collect between bins
-    repeat: bool = True  # inline step, spinning: pass again and again until the bin (each still ends before it)
+    repeat: bool = True  # spinning: pass again and again until the bin (each still ends before it)
 
     def __post_init__(self) -> None:
         if not 0 < self.lead_us < 1e6:
@@ -222,9 +212,9 @@ def arrival_period_s(source: Source) -> float | None:
 
 
 class _DryStepper:
-    """The stepper's seat in the scratch core: the live stepper's dry step (inline, or queued to its worker)."""
+    """The stepper's seat in the scratch core: the live stepper's dry step."""
 
-    def __init__(self, live: InlineStepper | ThreadedStepper) -> None:
+    def __init__(self, live: InlineStepper | GuardedStepper) -> None:
         self.live = live
         self.flags = 0
         self.begin = self.end = 0
@@ -265,7 +255,7 @@ def _scratch_core(core: BinCore) -> BinCore:
 class BinWaiter:
     """The engine's wait for the next bin: plain, or with a warm pass and a spin before it.
 
-    The engine calls `start(engine)` before its worker starts, `pull(timeout_s)` where it
+    The engine calls `start(engine)` before its guard thread starts, `pull(timeout_s)` where it
     waits for a bin, `took(t_arr_ns, flags)` once a bin's message is out, and `stop()` last.
     """
 
@@ -292,13 +282,7 @@ class BinWaiter:
         self._predictor = ArrivalPredictor(period * 1e9) if s.keep_warm and period else None
         spin_us = s.spin_us if s.spin_us is not None else SPIN_US if hasattr(engine.source, "pacer") else 0.0
         self._spin_ns = int(spin_us * 1e3)
-        # inline steps only: a worker repeats its own dry steps (ThreadedStepper.expect)
-        threaded = isinstance(engine.core.stepper, ThreadedStepper)
-        self._repeat = bool(s.repeat and self._spin_ns and not threaded)
-        # polling a replay holds the GIL; with the step on a worker, poll between GIL-free pauses
-        self._pause_polls = bool(threaded and self._spin_ns)
-        if self._pause_polls:
-            spin.load()
+        self._repeat = bool(s.repeat and self._spin_ns)
         if self._predictor is not None:
             self._scratch_core = _scratch_core(engine.core)
             self._lane = engine.scratch_lane(self._scratch_core, [_WarmOutput(o) for o in engine.outputs])
@@ -342,11 +326,7 @@ class BinWaiter:
         if due - mono() < self._first_ns:
             self.counts["skipped_no_time"] += 1
             return source.pull(timeout_s)
-        # a step on a worker: its dry steps end before the loop's last pass; it spins for the bin (GIL released)
-        self._engine.core.stepper.expect(due - LAST_PASS_NS - DRY_GAP_NS,
-                                         due + max(self._spin_ns, int(s.lead_us * 1e3)))
         self._first_ns = min(self._warm_pass(), self._half_lead_ns())
-        last_pass = due - LAST_PASS_NS if self._pause_polls and mono() < due - LAST_PASS_NS else 0
         got = source.pull(0.0)
         if got is not None:
             self.counts["overlapped"] += 1
@@ -368,14 +348,6 @@ class BinWaiter:
             if got is not None:
                 self.counts["spun_to_bin"] += 1
                 return got
-            if self._pause_polls:
-                if last_pass and mono() >= last_pass:  # once, after the worker's dry steps (module doc, 3)
-                    last_pass = 0
-                    if due - mono() > LAST_PASS_NS // 2:
-                        self._warm_pass()
-                        continue
-                # let the step's worker take the GIL for its dry step (decoder_runtime.spin)
-                spin.pause_until(min(mono() + POLL_PAUSE_NS, due - POLL_PAUSE_NS))  # none in the last 20 us
         self.counts["blocked_after_spin" if self._spin_ns else "blocked_after_warm"] += 1
         return source.pull(timeout_s)
 
@@ -412,9 +384,6 @@ class BinWaiter:
     def summary(self) -> dict:
         """What the waiter did over the run: settings, counts, the warm pass's own cost (us)."""
         out: dict = {**self.settings.describe(), **self.counts}
-        stepper = self._engine.core.stepper if self._engine is not None else None
-        if isinstance(stepper, ThreadedStepper):
-            out["worker_dry_overlapped"] = stepper.dry_overlapped
         if self.warm_ns.size:
             us = self.warm_ns / 1e3
             out["warm_pass_us"] = {"p50": float(np.percentile(us, 50)), "p99": float(np.percentile(us, 99)),

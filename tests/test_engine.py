@@ -97,6 +97,29 @@ def test_slow_steps_get_the_fallback_on_time_and_the_state_stays_exact(env, hand
     assert not (r.flags & (Flag.DROPPED | Flag.RESET)).any()
 
 
+def test_an_overrun_inline_step_is_answered_by_the_guard_before_it_returns_then_the_step_comes_back_inline(env):
+    """Deadline 10 ms, one 200 ms step: the guard thread answers that bin with the fallback while the
+    step still runs; the bins after it are stepped on the guard's thread until RECOVER of them came
+    on time, then inline again; the model saw every bin, in order."""
+    from decoder_runtime.assemble import open_runtime
+    from decoder_runtime.stepping import RECOVER
+    from decoder_runtime.timing import ARRIVAL, SENT
+
+    s, art, _ = env
+    n, slow = 200, 40
+    backend = SlowFor(make_backend(art, "torch", "cpu", 1), {slow}, 0.200)
+    with open_runtime(h.config(art.path, deadline_ms=10.0), command="test", backend=backend,
+                      source=ReplaySource.from_session(s.slice(0, n), speed=4.0)) as rt:
+        r = rt.run()
+        stepper = rt.engine.core.stepper
+    assert r.flags[slow] & Flag.DEADLINE and r.flags[slow] & Flag.FALLBACK
+    assert r.stamps[slow, SENT] - r.stamps[slow, ARRIVAL] < 150e6  # answered before the 200 ms step returned
+    np.testing.assert_allclose(r.velocity[slow], h.offline(art.fallback, s.counts[:n])[slow], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(r.model_vel, h.offline(art.model, s.counts[:n]), rtol=1e-5, atol=1e-6)
+    assert stepper.overruns == 1 and stepper.submitted >= RECOVER  # the next bins went to the guard's thread
+    assert stepper._inline and stepper.submitted < n - slow - 1  # ... and then came back inline
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("kind", ("torch", "cudagraph"))

@@ -64,7 +64,7 @@ def _run(art, session, warm: WarmSettings, deadline_ms: float | None, publish: b
     return result, rt.engine.waiter
 
 
-@pytest.mark.parametrize("deadline_ms", [None, 200.0], ids=["inline", "worker"])
+@pytest.mark.parametrize("deadline_ms", [None, 200.0], ids=["inline", "guarded"])
 def test_keep_warm_decodes_a_replay_exactly_as_without(tmp_path_factory, deadline_ms):
     base = tmp_path_factory.getbasetemp() / "runtime"
     base.mkdir(exist_ok=True)
@@ -76,7 +76,7 @@ def test_keep_warm_decodes_a_replay_exactly_as_without(tmp_path_factory, deadlin
     assert gc.isenabled() == gc_before  # the collector is back as it was
     assert cold.n_bins == warm.n_bins == N_BINS
     np.testing.assert_array_equal(warm.model_vel, cold.model_vel)  # the model saw the same bins in the same state
-    # a loaded host can make bins LATE or (worker) miss the deadline; elsewhere the sent velocity is the model's
+    # a loaded host can make bins LATE or (guarded) miss the deadline; elsewhere the sent velocity is the model's
     timing = int(Flag.LATE | Flag.DEADLINE | Flag.FALLBACK)
     assert not ((cold.flags | warm.flags) & ~timing).any()
     on_time = ((cold.flags | warm.flags) & int(Flag.DEADLINE)) == 0
@@ -202,22 +202,20 @@ class _DueSource:
         return np.zeros(3, np.float32), 0.0, 0.0, 0
 
 
-def _fake_waiter(monkeypatch, clock: _Clock, n_bins: int, *, repeat: bool, stepper=None):
-    """A BinWaiter on the fake clock over a _DueSource with bins 25 ms apart (its due times), spinning
-    (inline with `repeat`, else as with a worker: paused polls, its GIL-free pause on the fake clock)."""
+def _fake_waiter(monkeypatch, clock: _Clock, n_bins: int):
+    """A BinWaiter on the fake clock over a _DueSource with bins 25 ms apart (its due times),
+    spinning and repeating its passes."""
     import types
 
     from decoder_runtime import warm as warm_mod
 
     monkeypatch.setattr(warm_mod, "time", types.SimpleNamespace(monotonic_ns=clock.monotonic_ns))
-    monkeypatch.setattr(warm_mod, "spin", types.SimpleNamespace(pause_until=lambda t: setattr(clock, "ns", max(clock.ns, t))))
     period = 25_000_000
     due = [clock.ns + k * period for k in range(n_bins)]
     waiter = warm_mod.BinWaiter(WarmSettings(lead_us=1000))
-    stepper = stepper or types.SimpleNamespace(expect=lambda dry_until_ns, until_ns: None)
-    waiter._engine = types.SimpleNamespace(source=_DueSource(clock, due), core=types.SimpleNamespace(stepper=stepper))
+    waiter._engine = types.SimpleNamespace(source=_DueSource(clock, due))
     waiter._predictor = ArrivalPredictor(period)
-    waiter._spin_ns, waiter._repeat, waiter._pause_polls = 3_000_000, repeat, not repeat
+    waiter._spin_ns, waiter._repeat = 3_000_000, True
     return waiter, due
 
 
@@ -228,7 +226,7 @@ def _repeat_passes(monkeypatch, pass_ns):
     from decoder_runtime import warm as warm_mod
 
     clock = _Clock()
-    waiter, due = _fake_waiter(monkeypatch, clock, 4, repeat=True)
+    waiter, due = _fake_waiter(monkeypatch, clock, 4)
     passes: list[tuple[int, int]] = []
 
     def warm_pass() -> int:
@@ -273,37 +271,6 @@ def test_one_preempted_pass_does_not_stop_the_repeats_of_the_bins_after_it(monke
     for k in (2, 3):  # after it: hot passes up to the bin again
         assert len(per_bin[k]) >= 10 and due[k] - per_bin[k][-1][1] <= 2 * 40_000
     assert waiter.counts["overlapped"] == waiter.counts["no_repeat"] == 0
-
-
-def test_with_the_step_on_a_worker_the_loop_passes_once_more_after_the_worker_s_dry_steps(monkeypatch):
-    """Step on a worker: one pass at the lead (the worker told to end its dry steps before the
-    last pass), then one more LAST_PASS_NS before the bin -- none if the first ended after that."""
-    import types
-
-    from decoder_runtime import warm as warm_mod
-
-    clock = _Clock()
-    told: list[int] = []
-    stepper = types.SimpleNamespace(expect=lambda dry_until_ns, until_ns: told.append(dry_until_ns))
-    waiter, due = _fake_waiter(monkeypatch, clock, 3, repeat=False, stepper=stepper)
-    starts: list[int] = []
-
-    def warm_pass() -> int:
-        starts.append(clock.ns)
-        clock.ns += 50_000
-        return 50_000
-
-    monkeypatch.setattr(waiter, "_warm_pass", warm_pass)
-    assert waiter.pull(1.0) is not None
-    waiter.took(clock.ns, 0)
-    assert waiter.pull(1.0) is not None  # bin 1
-    assert told == [due[1] - warm_mod.LAST_PASS_NS - warm_mod.DRY_GAP_NS]
-    assert starts[0] == due[1] - 1_000_000 and len(starts) == 2
-    assert 0 <= starts[1] - (due[1] - warm_mod.LAST_PASS_NS) <= warm_mod.POLL_PAUSE_NS + 1000  # one poll late at most
-    waiter.took(clock.ns, 0)
-    waiter.settings.lead_us = 200  # the first pass ends after the last one's time: no last pass
-    assert waiter.pull(1.0) is not None
-    assert starts[2:] == [due[2] - 200_000]
 
 
 def test_bins_that_came_after_the_cold_first_pass_only_are_counted(monkeypatch):

@@ -34,9 +34,9 @@ RecordOpt = Annotated[Optional[Path], typer.Option("--record", help="Write the s
 BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="auto | torch | torchscript | onnx | cudagraph | numba (default auto: the fastest measured for the device).")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu (default) or cuda[:N].")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="Intra-op threads for the backend (>= 1).")]
-DeadlineOpt = Annotated[Optional[float], typer.Option("--deadline-ms", help="Latency bound per bin (default 10): if the model is not done by then, send the fallback decoder's velocity, flagged. 0 = no bound (step inline).")]
+DeadlineOpt = Annotated[Optional[float], typer.Option("--deadline-ms", help="Latency bound per bin (default 10): the model steps inline, watched by a guard thread; if it is not done by then, the guard sends the fallback decoder's velocity, flagged, and the next bins step on that thread until the model keeps up again. 0 = no bound (inline, unguarded).")]
 HandoffSpinOpt = Annotated[Optional[float], typer.Option(
-    "--handoff-spin-us", help="With a deadline (step on a worker thread): how long the loop and the worker spin for "
+    "--handoff-spin-us", help="With a deadline, after an overrun (step on the guard's thread): how long the loop and it spin for "
                               "each other's hand-off, GIL released, instead of sleeping on a queue (us, default 500; "
                               "0 = sleep). Costs a spinning core for that long per bin.")]
 OnGapOpt = Annotated[Optional[str], typer.Option("--on-gap", help="After a gap in the input: 'reset' (default) the decoder state or 'keep' it.")]
@@ -59,9 +59,9 @@ WarmSpinOpt = Annotated[Optional[float], typer.Option(
                            "arrival (default: 3000 for a replay, 0 for LSL, whose receive thread a spinning loop would "
                            "starve).")]
 PinCpusOpt = Annotated[Optional[str], typer.Option(
-    "--pin-cpus", help="Pin the runtime's loop and worker to these cores, e.g. 1 or 0,1 (default: not pinned).")]
+    "--pin-cpus", help="Pin the runtime's loop and guard thread to these cores, e.g. 1 or 0,1 (default: not pinned).")]
 RealtimeOpt = Annotated[Optional[bool], typer.Option(
-    "--realtime", help="Run the loop and worker under SCHED_FIFO (needs CAP_SYS_NICE or an rtprio limit).")]
+    "--realtime", help="Run the loop and guard thread under SCHED_FIFO (needs CAP_SYS_NICE or an rtprio limit).")]
 FreezeGcOpt = Annotated[Optional[bool], typer.Option(
     "--freeze-gc/--no-freeze-gc",
     help="Keep Python's cyclic collector out of the loop (gc.freeze after setup, collect between bins only). Default on.")]
@@ -120,7 +120,7 @@ def _summary_table(title: str, summary: dict) -> Table:
         table.add_row("R² vx / vy / var-weighted", f"{_fmt(r2['r2_vx'], 4)} / {_fmt(r2['r2_vy'], 4)} / {_fmt(r2['r2_vw'], 4)}")
         table.add_row("R² (model's own output, every bin)", _fmt(summary["r2_model"]["r2"], 6))
     for key, label in (("latency_us", "latency arrival→sent (us)"), ("own_us", "runtime's own work, excl. step (us)"),
-                       ("handoff_us", "  of which worker hand-off (us)"), ("step_us", "model step (us)")):
+                       ("handoff_us", "  of which hand-off to the guard's thread (us)"), ("step_us", "model step (us)")):
         p = summary[key]
         table.add_row(f"{label} p50 / p99 / p99.9 / max",
                       " / ".join(_fmt(p[q]) for q in ("p50", "p99", "p99.9", "max")))
