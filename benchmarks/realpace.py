@@ -5,8 +5,9 @@ vCPU) go cold between bins, and a user pays for it (decoder_runtime.warm). This 
 measures both, alternated in rounds so that load from other work falls on every variant:
 
 - `replay` at `--speed max` and at `--speed 1` (40 Hz), with the model's step inline
-  (`--deadline-ms 0`) and on the worker thread (the default 10 ms deadline), at 40 Hz with
-  keep-warm off (`--no-keep-warm --no-freeze-gc --handoff-spin-us 0`, the loop as it was) and on (the default);
+  (`--deadline-ms 0`) and inline under the guard thread (the default 10 ms deadline:
+  decoder_runtime.stepping.GuardedStepper), at 40 Hz with keep-warm off (`--no-keep-warm
+  --no-freeze-gc --handoff-spin-us 0`, the loop as it was) and on (the default);
 - end to end, LSL outlet → runtime → ZeroMQ subscriber (benchmarks.e2e): the bare relay with
   no model (benchmarks.bare_relay, the floor on this machine), then `serve` with keep-warm
   off and on.
@@ -61,14 +62,14 @@ class E2ERun:
     relay: bool = False
 
 
-INLINE_MAX, WORKER_MAX = "max speed, inline step", "max speed, worker step (10 ms deadline)"
+INLINE_MAX, GUARDED_MAX = "max speed, inline step", "max speed, guarded step (10 ms deadline)"
 REPLAY_RUNS = (
     ReplayRun(INLINE_MAX, "max", 0.0),
     ReplayRun("40 Hz, inline step, keep-warm off", "1", 0.0, COLD, INLINE_MAX),
     ReplayRun("40 Hz, inline step, keep-warm on", "1", 0.0, (), INLINE_MAX),
-    ReplayRun(WORKER_MAX, "max", 10.0),
-    ReplayRun("40 Hz, worker step, keep-warm off", "1", 10.0, COLD, WORKER_MAX),
-    ReplayRun("40 Hz, worker step, keep-warm on", "1", 10.0, (), WORKER_MAX),
+    ReplayRun(GUARDED_MAX, "max", 10.0),
+    ReplayRun("40 Hz, guarded step, keep-warm off", "1", 10.0, COLD, GUARDED_MAX),
+    ReplayRun("40 Hz, guarded step, keep-warm on", "1", 10.0, (), GUARDED_MAX),
 )
 RELAY = "bare LSL → ZeroMQ relay, no model (floor)"
 E2E_RUNS = (
