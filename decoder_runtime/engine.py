@@ -11,10 +11,11 @@ time went, and the loop itself allocates nothing it can avoid: the message dict 
 msgpack bytes are the only per-bin objects.
 
 Latency bound (`deadline.deadline_ms`): the bin's answer is due `deadline - reserve` after
-its arrival; the core's stepper waits for the model only until then and otherwise sends the
-fallback's velocity, flagged (decoder_runtime.stepping says how the model's state stays
-exact). Idle and periodic work (flushing the record, draining events, growing the log,
-the status message) happens between bins, once the source has had nothing to give for
+its arrival; the model steps inline under a guard thread, which, if the step is still running
+then, answers the bin itself with the fallback's velocity, flagged (`answer_late`: the end of
+`bin`, on the guard's thread); decoder_runtime.stepping says what happens to the bins after
+and how the model's state stays exact. Idle and periodic work (flushing the record, draining
+events, growing the log, the status message) happens between bins, once the source has had nothing to give for
 `IDLE_S` (or a quarter of the time between arrivals, if shorter) after a bin; bins back to
 back, with no such pause, get it a whole `flush_every` later, right after a bin. Why not at
 once after the bin: the message just sent is still on its way, and ~1 ms of record flush

@@ -4,10 +4,11 @@ Both steppers give the core one call, `step(k, x, until_ns)`, and keep the backe
 state exact: every bin handed to them is stepped exactly once, in order.
 
 The guarded stepper (latency bound, `deadline_ms`) steps inline too, on the loop's thread,
-so a bin at real pace costs what it costs with no bound: a bin handed to another thread at
-40 Hz paid ~30 us more, in the loop's and the worker's Python going cold between bins and
-in the numba call boundary (measured, stamped probe: 4.3 / 3.2 / 4.5 / 6.2 us in the four
-legs of the hand-off against 0.8 / 1.7 / 2.1 / 1.9 back to back), and no warming closed it.
+so a bin at real pace costs what it costs with no bound. Every bin used to be handed to a
+worker thread: at 40 Hz that paid ~30 us more at p50 than inline (bench, same run: 73 against
+44 us), the four legs of the hand-off alone 18 us against 6.5 back to back (stamped probe:
+the loop's and the worker's Python and the numba call boundary going cold between bins), and
+no warming closed it.
 A helper thread guards the step instead: it sleeps until the step's deadline
 (decoder_runtime.spin.guard_wait) and, if the step is still running then, answers the bin
 itself -- the engine's `answer_late`: the fallback's velocity, flagged, published and
@@ -20,8 +21,9 @@ withheld from it (DROPPED); once it has drained its queue, its state is reset (R
 never runs on a state with holes. After `RECOVER` bins in a row answered on time with
 nothing queued, the helper goes back to guarding and the step inline.
 
-What an inline step under the guard costs the loop: three stores into shared cells and an
-uncontended lock. The bins a step overran by more than a bin period wait in the source until
+What an inline step under the guard costs the loop: three stores into shared cells, and an
+uncontended lock when the step ended within `SETTLED_NS` of its deadline (the guard looks at a
+step at its deadline at the earliest; one that ended well before is settled). The bins a step overran by more than a bin period wait in the source until
 it returns (they are then decoded late, by the worker); bins queued to the worker never wait
 for one another.
 
@@ -237,7 +239,7 @@ class GuardedStepper:
         """Step bin k, answered by `until_ns`: its velocity; None if the model missed; ANSWERED if the
         guard has answered the bin already (the step overran its deadline)."""
         if self.error is not None:
-            raise RuntimeError("the model's step failed on the helper thread") from self.error
+            raise RuntimeError("the guard thread failed (a step it ran, or its answer to an overrun bin)") from self.error
         if not self._inline:
             return self._step_on_worker(k, x, until_ns)
         # inline, the guard told in the cells (module doc)

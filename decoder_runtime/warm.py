@@ -14,7 +14,7 @@ next bin -- does this:
    runs -- on a scratch lane: a scratch core (`_scratch_core`: a validator with the live one's
    settings, a copy of the adapter, the fallback's filter over its own ring, and the model's dry
    step (`dry_step`: the backend's own step on the last counts, its live state left as it was --
-   restored, or the new state discarded; on the worker thread when the step runs there)), each
+   restored, or the new state discarded)), each
    output's `warm(body)` in place of its send (decoder_runtime.publish.Publisher.warm: the send
    path, nothing delivered), no recorder (it runs after the message is out) and a one-row log.
    The live state and every output are untouched. The dry step runs inline, as the step does
@@ -23,9 +23,8 @@ next bin -- does this:
 3. Then it waits for the bin. A replay is polled without sleeping (`pull(0)`, up to `spin_us`
    past the prediction; its pacer spins the last 1 ms anyway); with `repeat` (default) the spin
    up to the prediction is more warm passes, polled between them, each started only if one
-   twice as long as the last *hot* pass ends before the predicted bin (`another_fits`).
-   The first pass of a bin is cold (~250-300 us; the
-   ones after it ~40 us): budgeting the repeats by it, as this did at first, left no room for
+   twice as long as the last *hot* pass ends before the predicted bin (`another_fits`). The
+   first pass of a bin is cold (~250-300 us; the ones after it ~40 us): budgeting the repeats by it, as this did at first, left no room for
    them at the default 1 ms lead on most bins, and a bin came 200-500 us after the last pass
    (measured: 40 Hz arrival->sent p50 65-91 -> 52-53 us, 3 rounds). The hot pass is first timed
    at start (`SETUP_PASSES` back to back), and a repeated pass counts as at most `PREEMPTED`
@@ -33,8 +32,8 @@ next bin -- does this:
    the budget for the bins after it, whose room then never fit two of it, so no repeat ran to
    correct it (31% of a 1,200-bin run's bins, and 75% of another's, got no repeated pass; own
    work p50 37 vs 20 us in them; A/B, 6 interleaved rounds: arrival->sent p50 51 -> 45 us,
-   median over rounds); `summary()["no_repeat"]` counts the bins that still got none. An LSL inlet is waited on in liblsl
-   (blocking pull) by default: the sample reaches the inlet through liblsl's own receive
+   median over rounds); `summary()["no_repeat"]` counts the bins that still got none. An LSL
+   inlet is waited on in liblsl (blocking pull) by default: the sample reaches the inlet through liblsl's own receive
    thread, and on a 2-core machine a spinning loop starves that thread (measured: push ->
    receive p50 4.1 ms spinning vs 0.75 ms blocking, same run, load ~20).
 
