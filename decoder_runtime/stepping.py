@@ -206,7 +206,7 @@ class GuardedStepper:
         """The inline step `seq` is past its deadline: claim its bin and answer it (on the helper's
         thread), unless the step ended meanwhile. Whether it was claimed."""
         with self._claim:
-            if self.on_overrun is None or self._cells[FINISHED] == seq:
+            if self._cells[FINISHED] == seq:
                 return False
             self._claimed = seq
         try:

@@ -97,6 +97,20 @@ def test_slow_steps_get_the_fallback_on_time_and_the_state_stays_exact(env, hand
     assert not (r.flags & (Flag.DROPPED | Flag.RESET)).any()
 
 
+def test_with_a_deadline_steps_on_time_run_inline_and_equal_the_offline_step(env):
+    """With a deadline (200 ms here: no host stalls that long) every bin on time is stepped on the
+    loop's own thread (nothing handed to the guard's), and the velocities are the offline step's."""
+    from decoder_runtime.assemble import open_runtime
+
+    s, art, _ = env
+    with open_runtime(h.config(art.path, deadline_ms=200.0), command="test",
+                      source=ReplaySource.from_session(s.slice(0, 300), None)) as rt:
+        r = rt.run()
+        stepper = rt.engine.core.stepper
+    assert not r.flags.any() and stepper.submitted == stepper.overruns == 0
+    np.testing.assert_allclose(r.velocity, h.offline(art.model, s.counts[:300]), rtol=1e-5, atol=1e-6)
+
+
 def test_an_overrun_inline_step_is_answered_by_the_guard_before_it_returns_then_the_step_comes_back_inline(env):
     """Deadline 10 ms, one 200 ms step: the guard thread answers that bin with the fallback while the
     step still runs; the bins after it are stepped on the guard's thread until RECOVER of them came
