@@ -9,8 +9,8 @@
 #      machine's CUDA torch (checked before and after); nothing comes from the network;
 #   1. runs the GPU tests (pytest -m gpu: small and default model sizes, 5 processes at once):
 #      parity of every model x CUDA backend with eager torch over 2,000 bins before and after
-#      reset(), CUDA backends interleaved, CUDA backends inside the engine inline and on its
-#      worker thread, and step == forward on CUDA;
+#      reset(), CUDA backends interleaved, CUDA backends inside the engine inline and (after an
+#      overrun) on its guard thread, and step == forward on CUDA;
 #   2. `spikestream bench`: lstm, transformer, rvq, mamba (default sizes, untrained: latency
 #      does not depend on weights) x {torch, torchscript, cudagraph} on cuda, 20,000 bins each
 #      back to back, host clock and CUDA events;

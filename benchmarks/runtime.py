@@ -33,8 +33,8 @@ def replay_run(artifact: Path, work_dir: Path, *, backend: str, device: str, thr
     """Run `spikestream replay ARTIFACT --speed SPEED` (default session) with a record; returns its stamps.
 
     Publishing to a loopback port with no subscriber and recording to NWB are both on, so
-    every stage of the loop does its real work. `deadline_ms` 0 runs the step inline (no
-    worker-thread hand-off), otherwise on the engine's worker thread under that bound.
+    every stage of the loop does its real work. `deadline_ms` 0 runs the step inline, unguarded;
+    otherwise inline under the guard thread, bound by that deadline (decoder_runtime.stepping).
     `speed` "1" replays at real pace instead; `extra` are more replay options (e.g.
     `--no-keep-warm`), `tag` names the run's files apart.
     """

@@ -139,15 +139,19 @@ def test_an_overrun_inline_step_is_answered_by_the_guard_before_it_returns_then_
 @pytest.mark.parametrize("kind", ("torch", "cudagraph"))
 @pytest.mark.parametrize("deadline_ms", (None, 10.0))
 def test_cuda_backends_in_the_engine_equal_the_offline_step(env, kind, deadline_ms):
-    """On CUDA, inline and on the engine's worker thread (a thread that did not build the
-    backend or capture its graph), the model's outputs are the CPU offline step's."""
+    """On CUDA, inline, and with a deadline also on the guard's thread (a thread that did not build
+    the backend or capture its graph: one 30 ms step overruns, the bins after it step there), the
+    model's outputs are the CPU offline step's."""
     from training.export import TOLERANCE, parity_error
 
     s, art, _ = env
     n = 200
-    r = h.run(art, ReplaySource.from_session(s.slice(0, n), speed=4.0), make_backend(art, kind, "cuda"),
-              deadline_ms=deadline_ms or 0)
+    backend = make_backend(art, kind, "cuda")
+    if deadline_ms:
+        backend = SlowFor(backend, {20}, 0.030)
+    r = h.run(art, ReplaySource.from_session(s.slice(0, n), speed=4.0), backend, deadline_ms=deadline_ms or 0)
     assert r.n_bins == n and not (r.flags & (Flag.DROPPED | Flag.RESET)).any()
+    assert bool(r.flags[20] & Flag.DEADLINE) == bool(deadline_ms)
     assert parity_error(r.model_vel, h.offline(art.model, s.counts[:n]), art.model.y_std.numpy()) <= TOLERANCE
 
 
