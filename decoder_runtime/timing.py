@@ -8,8 +8,9 @@ below, the message's `lat_us` and every benchmark derive their numbers from them
 - **latency** = arrival -> sent: what a subscriber waits for, and what `lat_us` carries
   (stamped when the message is packed, just before the non-blocking send);
 - **model step** = step_begin -> step_end, for bins whose model output was sent in time;
-- **own work** = latency - model step: validation, adaptation, hand-off to and from the
-  step's thread, packing and sending: the runtime's overhead around the model;
+- **own work** = latency - model step: validation, adaptation, what surrounds the step (the
+  fallback's push, the guard's cells, or after an overrun the hand-off to and from the guard's
+  thread), packing and sending: the runtime's overhead around the model;
 - **record** = sent -> recorded, after the message is out: it never delays a subscriber,
   so it is reported on its own rather than folded into the runtime's own work.
 """

@@ -120,7 +120,7 @@ def _summary_table(title: str, summary: dict) -> Table:
         table.add_row("R² vx / vy / var-weighted", f"{_fmt(r2['r2_vx'], 4)} / {_fmt(r2['r2_vy'], 4)} / {_fmt(r2['r2_vw'], 4)}")
         table.add_row("R² (model's own output, every bin)", _fmt(summary["r2_model"]["r2"], 6))
     for key, label in (("latency_us", "latency arrival→sent (us)"), ("own_us", "runtime's own work, excl. step (us)"),
-                       ("handoff_us", "  of which hand-off to the guard's thread (us)"), ("step_us", "model step (us)")):
+                       ("handoff_us", "  of which around the step: fallback, guard, hand-off (us)"), ("step_us", "model step (us)")):
         p = summary[key]
         table.add_row(f"{label} p50 / p99 / p99.9 / max",
                       " / ".join(_fmt(p[q]) for q in ("p50", "p99", "p99.9", "max")))
