@@ -23,9 +23,9 @@ nothing queued, the helper goes back to guarding and the step inline.
 
 What an inline step under the guard costs the loop: three stores into shared cells, and an
 uncontended lock when the step ended within `SETTLED_NS` of its deadline (the guard looks at a
-step at its deadline at the earliest; one that ended well before is settled). The bins a step overran by more than a bin period wait in the source until
-it returns (they are then decoded late, by the worker); bins queued to the worker never wait
-for one another.
+step at its deadline at the earliest; one that ended well before is settled). The bins a step
+overran by more than a bin period wait in the source until it returns (they are then decoded
+late, by the worker); bins queued to the worker never wait for one another.
 
 Hand-off to the worker: the queues carry the work; while an answer is expected soon the
 waiting side spins for it on shared counters with the GIL released instead of sleeping on the

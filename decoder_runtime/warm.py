@@ -24,18 +24,19 @@ next bin -- does this:
    past the prediction; its pacer spins the last 1 ms anyway); with `repeat` (default) the spin
    up to the prediction is more warm passes, polled between them, each started only if one
    twice as long as the last *hot* pass ends before the predicted bin (`another_fits`). The
-   first pass of a bin is cold (~250-300 us; the ones after it ~40 us): budgeting the repeats by it, as this did at first, left no room for
-   them at the default 1 ms lead on most bins, and a bin came 200-500 us after the last pass
-   (measured: 40 Hz arrival->sent p50 65-91 -> 52-53 us, 3 rounds). The hot pass is first timed
-   at start (`SETUP_PASSES` back to back), and a repeated pass counts as at most `PREEMPTED`
-   times that: one the OS preempted (a 350 us pass in a run whose passes take 38) used to set
-   the budget for the bins after it, whose room then never fit two of it, so no repeat ran to
-   correct it (31% of a 1,200-bin run's bins, and 75% of another's, got no repeated pass; own
-   work p50 37 vs 20 us in them; A/B, 6 interleaved rounds: arrival->sent p50 51 -> 45 us,
-   median over rounds); `summary()["no_repeat"]` counts the bins that still got none. An LSL
-   inlet is waited on in liblsl (blocking pull) by default: the sample reaches the inlet through liblsl's own receive
-   thread, and on a 2-core machine a spinning loop starves that thread (measured: push ->
-   receive p50 4.1 ms spinning vs 0.75 ms blocking, same run, load ~20).
+   first pass of a bin is cold (~250-300 us; the ones after it ~40 us): budgeting the repeats
+   by it, as this did at first, left no room for them at the default 1 ms lead on most bins,
+   and a bin came 200-500 us after the last pass (measured: 40 Hz arrival->sent p50 65-91 ->
+   52-53 us, 3 rounds). The hot pass is first timed at start (`SETUP_PASSES` back to back), and
+   a repeated pass counts as at most `PREEMPTED` times that: one the OS preempted (a 350 us
+   pass in a run whose passes take 38) used to set the budget for the bins after it, whose room
+   then never fit two of it, so no repeat ran to correct it (31% of a 1,200-bin run's bins, and
+   75% of another's, got no repeated pass; own work p50 37 vs 20 us in them; A/B, 6 interleaved
+   rounds: arrival->sent p50 51 -> 45 us, median over rounds); `summary()["no_repeat"]` counts
+   the bins that still got none. An LSL inlet is waited on in liblsl (blocking pull) by
+   default: the sample reaches the inlet through liblsl's own receive thread, and on a 2-core
+   machine a spinning loop starves that thread (measured: push -> receive p50 4.1 ms spinning
+   vs 0.75 ms blocking, same run, load ~20).
 
 The prediction: bin k is expected at `offset + k * P`, with P the source's arrival period
 (replay: bin width / speed; LSL: the bin width) and `offset` the smallest `t_arr - k * P`
