@@ -168,7 +168,7 @@ class Engine:
         counts, t_src, lag_s, flags = got
         row = lane.stamps[n]
         row[ARRIVAL] = t_arr
-        self._inflight = lane, n, got, t_arr  # what answer_late needs, should the guard answer this bin
+        self._lane, self._n, self._got = lane, n, got  # for answer_late, should the guard answer this bin
         # 2-4. validate, adapt, step (answered by the deadline), observe
         flags = lane.core.decode(n, counts, t_src, lag_s, flags, t_arr + deadline_ns, row)
         if flags is None:  # answered at its deadline on the guard's thread (answer_late); the step ran on
@@ -178,8 +178,9 @@ class Engine:
     def answer_late(self) -> None:
         """On the guard's thread (decoder_runtime.stepping.GuardedStepper): the model's inline step
         has overrun the deadline of the bin in flight; its answer goes out now without it."""
-        lane, n, got, t_arr = self._inflight
-        self._deliver(lane, n, got, t_arr, lane.core.answer_late(lane.stamps[n]))
+        lane, n = self._lane, self._n
+        row = lane.stamps[n]
+        self._deliver(lane, n, self._got, int(row[ARRIVAL]), lane.core.answer_late(row))
 
     def _deliver(self, lane: Lane, n: int, got: Pulled, t_arr: int, flags: int) -> int:
         """Publish and record bin n (its velocity in the core's vx, vy); its flags."""

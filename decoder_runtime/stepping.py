@@ -133,8 +133,7 @@ class GuardedStepper:
         self.withholding = False
         self.begin = self.end = 0
         self.flags = 0
-        self.error: BaseException | None = None
-        self._ready = threading.Event()
+        self.error: BaseException | None = None  # the helper's failure, raised by the loop's next step
         self._thread = threading.Thread(target=self._help, name="spikestream-guard", daemon=True)
         # torch's intra-op thread count (OpenMP) is per thread: a new thread would start with
         # one per core and, on a busy machine, stall for ~100 ms in OpenMP barriers. The
@@ -143,30 +142,19 @@ class GuardedStepper:
         self._torch_threads = torch.get_num_threads() if torch is not None else None
 
     def start(self) -> None:
-        """Start the helper (it warms the backend up on its own thread, for the bins it may step), then
-        warm it up here, where it steps inline."""
+        """Start the guard, and warm the backend up here, where it steps (the helper steps only after
+        an overrun, a bin already missed)."""
         if self.on_overrun is None:
             raise RuntimeError("GuardedStepper.on_overrun is not set: nothing would answer a bin the model overran")
         self._thread.start()
-        self._ready.wait()
-        if self.error is not None:
-            raise self.error
         for _ in range(3):
             self.backend.step(self._in[0])
         self.backend.reset()
 
     def _help(self) -> None:
         """The helper thread: guard the inline steps; after an overrun, step the queued bins."""
-        try:
-            if self._torch_threads is not None:
-                sys.modules["torch"].set_num_threads(self._torch_threads)
-            for _ in range(3):
-                self.backend.step(self._in[0])
-        except BaseException as e:  # surfaced on the loop's thread by start()
-            self.error = e
-            self._ready.set()
-            return
-        self._ready.set()
+        if self._torch_threads is not None:
+            sys.modules["torch"].set_num_threads(self._torch_threads)
         backend, todo, done, inp, out, times = self.backend, self._todo, self._done, self._in, self._out, self._times
         mono, slots, spin_ns, cells = time.monotonic_ns, self.slots, self._spin_ns, self._cells
         taken = answered = 0
@@ -238,8 +226,6 @@ class GuardedStepper:
     def step(self, k: int, x: np.ndarray, until_ns: int) -> np.ndarray | None:
         """Step bin k, answered by `until_ns`: its velocity; None if the model missed; ANSWERED if the
         guard has answered the bin already (the step overran its deadline)."""
-        if self.error is not None:
-            raise RuntimeError("the guard thread failed (a step it ran, or its answer to an overrun bin)") from self.error
         if not self._inline:
             return self._step_on_worker(k, x, until_ns)
         # inline, the guard told in the cells (module doc)
@@ -271,7 +257,10 @@ class GuardedStepper:
         return ANSWERED
 
     def _step_on_worker(self, k: int, x: np.ndarray, until_ns: int) -> np.ndarray | None:
-        """Bin k on the worker (after an overrun), then back inline once it has kept up for RECOVER bins."""
+        """Bin k on the worker (after an overrun), then back inline once it has kept up for RECOVER bins.
+        The helper fails only in this mode (a step it ran, or its answer that started the mode)."""
+        if self.error is not None:
+            raise RuntimeError("the guard thread failed (a step it ran, or its answer to an overrun bin)") from self.error
         y = self._queue_and_wait(k, x, until_ns)
         on_time = y is not None and not self.flags and self.completed == self.submitted
         self._on_time = self._on_time + 1 if on_time else 0
