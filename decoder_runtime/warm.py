@@ -284,12 +284,9 @@ class BinWaiter:
         self._spin_ns = int(spin_us * 1e3)
         self._repeat = bool(s.repeat and self._spin_ns)
         if self._predictor is not None:
-            self._scratch_core = _scratch_core(engine.core)
-            self._lane = engine.scratch_lane(self._scratch_core, [_WarmOutput(o) for o in engine.outputs])
-            self._scratch_t = 0.0
-            self._log = np.zeros(1 << 16, dtype=np.int64)
+            self.prepare_passes(engine)
             if self._repeat:  # what a hot pass takes, before the first bin needs it: passes back to back
-                hot = min(self._warm_pass() for _ in range(SETUP_PASSES))
+                hot = min(self.warm_pass() for _ in range(SETUP_PASSES))
                 self._cap_ns = min(PREEMPTED * hot, self._half_lead_ns())
                 self._again_ns = min(hot, self._cap_ns)
         if s.freeze_gc:
@@ -297,6 +294,14 @@ class BinWaiter:
             gc.freeze()
             self._gc_was_enabled = gc.isenabled()
             gc.disable()
+
+    def prepare_passes(self, engine: Engine) -> None:
+        """The scratch lane `warm_pass` runs on (`start` prepares it when the source has a pace)."""
+        self._engine = engine
+        self._scratch_core = _scratch_core(engine.core)
+        self._lane = engine.scratch_lane(self._scratch_core, [_WarmOutput(o) for o in engine.outputs])
+        self._scratch_t = 0.0
+        self._log = np.zeros(1 << 16, dtype=np.int64)
 
     def stop(self) -> None:
         if self.settings.freeze_gc:
@@ -326,7 +331,7 @@ class BinWaiter:
         if due - mono() < self._first_ns:
             self.counts["skipped_no_time"] += 1
             return source.pull(timeout_s)
-        self._first_ns = min(self._warm_pass(), self._half_lead_ns())
+        self._first_ns = min(self.warm_pass(), self._half_lead_ns())
         got = source.pull(0.0)
         if got is not None:
             self.counts["overlapped"] += 1
@@ -334,7 +339,7 @@ class BinWaiter:
         if self._repeat:  # spinning anyway: spin on the hot path itself
             repeats = 0
             while another_fits(due, mono(), self._again_ns):  # timed by the last hot pass, not the cold first one
-                self._again_ns = min(self._warm_pass(), self._cap_ns)  # a preempted one: no budget for the next bins
+                self._again_ns = min(self.warm_pass(), self._cap_ns)  # a preempted one: no budget for the next bins
                 repeats += 1
                 got = source.pull(0.0)
                 if got is not None:
@@ -366,7 +371,7 @@ class BinWaiter:
         """The most a pass may be expected to take: one the OS preempted says nothing about the next."""
         return int(self.settings.lead_us * 500)
 
-    def _warm_pass(self) -> int:
+    def warm_pass(self) -> int:
         """The bin's own code on the scratch lane (Engine.bin): changes nothing, delivers nothing.
         Returns how long it took (ns)."""
         t0 = time.monotonic_ns()

@@ -244,3 +244,23 @@ def test_bench_cli_real_pace_section(tmp_path) -> None:
     assert all(info["lost"] == 0 for label, info in runs.items() if "lost" in info)
     assert runs["40 Hz, inline step, keep-warm on"]["warm"][0]["keep_warm"] is True
     assert "Real pace" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("dry_steps_only", [False, True], ids=["warm passes", "dry steps"])
+def test_cooling_work_before_each_bin_runs_k_times_per_bin_and_changes_no_output(tmp_path_factory,
+                                                                               dry_steps_only) -> None:
+    """benchmarks.cooling's waiter: k passes (or dry steps) in front of every bin, and every bin decoded
+    exactly as without them, so its own-work figures are of the same session."""
+    import runtime_helpers as h
+    from benchmarks import cooling
+
+    base = tmp_path_factory.getbasetemp() / "runtime"
+    base.mkdir(exist_ok=True)
+    art, s = h.artifact(base), h.session(base)
+    plain = cooling.run_variant(cooling.Variant("plain", "max"), art, s, 60)
+    worked = cooling.run_variant(cooling.Variant("k=3", "max", 3, dry_steps_only), art, s, 60)
+    assert plain.n_bins == worked.n_bins == 60
+    assert worked.warm["warm_passes"] == (0 if dry_steps_only else 3 * 60) and plain.warm["warm_passes"] == 0
+    np.testing.assert_array_equal(worked.velocity, plain.velocity)
+    np.testing.assert_array_equal(worked.model_vel, plain.model_vel)
+    np.testing.assert_array_equal(worked.flags, plain.flags)

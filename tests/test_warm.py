@@ -235,7 +235,7 @@ def _repeat_passes(monkeypatch, pass_ns):
         passes.append((start, clock.ns))
         return clock.ns - start
 
-    monkeypatch.setattr(waiter, "_warm_pass", warm_pass)
+    monkeypatch.setattr(waiter, "warm_pass", warm_pass)
     waiter._again_ns, waiter._cap_ns = 40_000, warm_mod.PREEMPTED * 40_000  # as measured at set-up (BinWaiter.start)
     per_bin = []
     for _ in due:
