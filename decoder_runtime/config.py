@@ -20,7 +20,8 @@ TOML layout (every table and key optional; defaults below):
                  decoder_runtime.spin)
     [output]     zmq ("tcp://127.0.0.1:5555" | "none"), allow_remote, curve_secret, curve_clients,
                  record (NWB path), lsl_out (LSL stream name), wait_subscriber_s
-    [warm]       keep_warm (true), lead_us (1000), spin_us, pin_cpus ([1] or [0, 1]), realtime, freeze_gc, repeat
+    [warm]       keep_warm (true), lead_us (1000), spin_us, pin_cpus ([1] or [0, 1]), realtime, freeze_gc, repeat,
+                 busy_wait (false)
                  (decoder_runtime.warm: how the loop waits for the next bin at real pace)
 """
 from __future__ import annotations

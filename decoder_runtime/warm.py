@@ -37,6 +37,15 @@ next bin -- does this:
    default: the sample reaches the inlet through liblsl's own receive thread, and on a 2-core
    machine a spinning loop starves that thread (measured: push -> receive p50 4.1 ms spinning
    vs 0.75 ms blocking, same run, load ~20).
+4. With `busy_wait` (off by default) the wait of step 1, and for LSL the one after the pass,
+   poll the source instead of sleeping in it: the loop's core never idles. Why: on a VM a vCPU
+   that idled ~24 ms comes back slow at times, and a whole bin then runs slow -- its first
+   pass takes 300-800 us where it takes ~280, no repeat fits, the step takes 80-100 us where it
+   takes 25 (the top 2% of a run's own work). Measured, 6 interleaved rounds x 800 bins at 40 Hz
+   (replay, numba LSTM, guarded): own work p50 21.6 -> 18.1 us, p99 67.4 -> 38.8 us (lower in 6
+   of 6), arrival->sent p50 44.9 -> 42.3 us, p99 127 -> 75 us. Cost: that core at 100%; give
+   the loop a core of its own (`pin_cpus`). It does not warm what only the live bin touches
+   (benchmarks.cooling): that cools with time whatever the loop does.
 
 The prediction: bin k is expected at `offset + k * P`, with P the source's arrival period
 (replay: bin width / speed; LSL: the bin width) and `offset` the smallest `t_arr - k * P`
@@ -113,6 +122,7 @@ class WarmSettings:
     realtime_priority: int = 10
     freeze_gc: bool = True  # no automatic collection inside the loop; collect between bins
     repeat: bool = True  # spinning: pass again and again until the bin (each still ends before it)
+    busy_wait: bool = False  # wait for the lead by polling the source, never sleeping: a core at 100% (module doc)
 
     def __post_init__(self) -> None:
         if not 0 < self.lead_us < 1e6:
@@ -135,7 +145,7 @@ class WarmSettings:
     def describe(self) -> dict:
         return {"keep_warm": self.keep_warm, "lead_us": self.lead_us, "spin_us": self.spin_us,
                 "pin_cpus": list(self.pin_cpus) if self.pin_cpus else None, "realtime": self.realtime,
-                "freeze_gc": self.freeze_gc, "repeat": self.repeat}
+                "freeze_gc": self.freeze_gc, "repeat": self.repeat, "busy_wait": self.busy_wait}
 
 
 def parse_cpus(text: str | None) -> tuple[int, ...] | None:
@@ -321,8 +331,9 @@ class BinWaiter:
             return source.pull(timeout_s)
         s, mono = self.settings, time.monotonic_ns
         wait_ns = due - int(s.lead_us * 1e3) - mono()
-        if wait_ns > 0:
-            got = source.pull(min(timeout_s, wait_ns * 1e-9))  # a bin that comes early is taken at once
+        if wait_ns > 0:  # a bin that comes early is taken at once
+            wait_s = min(timeout_s, wait_ns * 1e-9)
+            got = self._poll(wait_s) if s.busy_wait else source.pull(wait_s)
             if got is not None:
                 return got
             if mono() < due - int(s.lead_us * 1e3):  # the poll timeout ended the wait, not the lead
@@ -354,7 +365,16 @@ class BinWaiter:
                 self.counts["spun_to_bin"] += 1
                 return got
         self.counts["blocked_after_spin" if self._spin_ns else "blocked_after_warm"] += 1
-        return source.pull(timeout_s)
+        return self._poll(timeout_s) if s.busy_wait else source.pull(timeout_s)
+
+    def _poll(self, timeout_s: float) -> Pulled | None:
+        """`Source.pull(timeout_s)` without ever sleeping (`busy_wait`): the source polled until a bin
+        comes or the time is up."""
+        source, mono = self._engine.source, time.monotonic_ns
+        end = mono() + int(timeout_s * 1e9)
+        while (got := source.pull(0.0)) is None and mono() < end:
+            pass
+        return got
 
     def took(self, t_arr_ns: int, flags: int) -> None:
         """A bin's message is out: learn its arrival, and collect young garbage now if it is time."""

@@ -64,15 +64,17 @@ def _run(art, session, warm: WarmSettings, deadline_ms: float | None, publish: b
     return result, rt.engine.waiter
 
 
-@pytest.mark.parametrize("deadline_ms", [None, 200.0], ids=["inline", "guarded"])
-def test_keep_warm_decodes_a_replay_exactly_as_without(tmp_path_factory, deadline_ms):
+@pytest.mark.parametrize("deadline_ms, busy_wait", [(None, False), (200.0, False), (200.0, True)],
+                         ids=["inline", "guarded", "guarded, busy-wait"])
+def test_keep_warm_decodes_a_replay_exactly_as_without(tmp_path_factory, deadline_ms, busy_wait):
     base = tmp_path_factory.getbasetemp() / "runtime"
     base.mkdir(exist_ok=True)
     session = h.session(base).slice(0, N_BINS)
     art = h.loaded(h.artifact(base))
     gc_before = gc.isenabled()
     cold, _ = _run(art, session, WarmSettings.off(), deadline_ms, publish=False)
-    warm, waiter = _run(art, session, WarmSettings(lead_us=1000), deadline_ms, publish=True)
+    warm, waiter = _run(art, session, WarmSettings(lead_us=1000, busy_wait=busy_wait), deadline_ms, publish=True)
+    assert warm.warm["busy_wait"] is busy_wait
     assert gc.isenabled() == gc_before  # the collector is back as it was
     assert cold.n_bins == warm.n_bins == N_BINS
     np.testing.assert_array_equal(warm.model_vel, cold.model_vel)  # the model saw the same bins in the same state
@@ -217,6 +219,40 @@ def _fake_waiter(monkeypatch, clock: _Clock, n_bins: int):
     waiter._predictor = ArrivalPredictor(period)
     waiter._spin_ns, waiter._repeat = 3_000_000, True
     return waiter, due
+
+
+@pytest.mark.parametrize("busy_wait", [False, True], ids=["sleeps", "busy-wait"])
+def test_busy_wait_only_polls_and_still_takes_each_bin_when_it_comes(monkeypatch, busy_wait):
+    """With busy_wait the waiter never hands the source a timeout (it would sleep in it): it polls,
+    up to the warm pass and after it; each bin is still taken at its due time, the passes before it.
+    (Bin 0 has no predicted arrival, no pass, and is waited for as without.)"""
+    clock = _Clock()
+    waiter, due = _fake_waiter(monkeypatch, clock, 4)
+    waiter.settings = WarmSettings(lead_us=1000, busy_wait=busy_wait)
+    waiter._spin_ns, waiter._repeat = 0, False  # as for LSL: after the pass, wait for the bin
+    source, timeouts, passes = waiter._engine.source, [], []
+    pull = source.pull
+
+    def pull_logged(timeout_s: float):
+        timeouts.append(timeout_s)
+        return pull(timeout_s)
+
+    def warm_pass() -> int:
+        passes.append(clock.ns)
+        clock.ns += 40_000
+        return 40_000
+
+    monkeypatch.setattr(source, "pull", pull_logged)
+    monkeypatch.setattr(waiter, "warm_pass", warm_pass)
+    for k, t in enumerate(due):
+        if k == 1:
+            timeouts.clear()
+        while waiter.pull(1.0) is None:
+            pass
+        assert clock.ns - t < 2_000  # taken when it came (a poll costs 1 us of the fake clock)
+        waiter.took(clock.ns, 0)
+    assert len(passes) == 3 and all(due[k] - 1_000_000 <= p < due[k] for k, p in zip((1, 2, 3), passes))
+    assert (max(timeouts) == 0.0) is busy_wait
 
 
 def _repeat_passes(monkeypatch, pass_ns):
