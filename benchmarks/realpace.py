@@ -7,10 +7,11 @@ measures both, alternated in rounds so that load from other work falls on every 
 - `replay` at `--speed max` and at `--speed 1` (40 Hz), with the model's step inline
   (`--deadline-ms 0`) and inline under the guard thread (the default 10 ms deadline:
   decoder_runtime.stepping.GuardedStepper), at 40 Hz with keep-warm off (`--no-keep-warm
-  --no-freeze-gc --handoff-spin-us 0`, the loop as it was) and on (the default);
+  --no-freeze-gc --handoff-spin-us 0`, the loop as it was), on (the default), and on with
+  `--busy-wait` (the wait for each bin polls, never sleeps: a core at 100%);
 - end to end, LSL outlet → runtime → ZeroMQ subscriber (benchmarks.e2e): the bare relay with
   no model (benchmarks.bare_relay, the floor on this machine), then `serve` with keep-warm
-  off and on.
+  off, on, and on with `--busy-wait`.
 
 Every figure is reported beside its reference from the same run as a ratio ("× ref": this
 variant's p50 / p99 over the reference's): a 40 Hz replay over the max-speed replay of the
@@ -62,6 +63,7 @@ class E2ERun:
     relay: bool = False
 
 
+BUSY = " + busy-wait"  # label suffix: waits for each bin polling, never sleeping (decoder_runtime.warm)
 INLINE_MAX, GUARDED_MAX = "max speed, inline step", "max speed, guarded step (10 ms deadline)"
 REPLAY_RUNS = (
     ReplayRun(INLINE_MAX, "max", 0.0),
@@ -70,12 +72,14 @@ REPLAY_RUNS = (
     ReplayRun(GUARDED_MAX, "max", 10.0),
     ReplayRun("40 Hz, guarded step, keep-warm off", "1", 10.0, COLD, GUARDED_MAX),
     ReplayRun("40 Hz, guarded step, keep-warm on", "1", 10.0, (), GUARDED_MAX),
+    ReplayRun(f"40 Hz, guarded step, keep-warm on{BUSY}", "1", 10.0, ("--busy-wait",), GUARDED_MAX),
 )
 RELAY = "bare LSL → ZeroMQ relay, no model (floor)"
 E2E_RUNS = (
     E2ERun(RELAY, relay=True),
     E2ERun("serve, keep-warm off", COLD),
     E2ERun("serve, keep-warm on"),
+    E2ERun(f"serve, keep-warm on{BUSY}", ("--busy-wait",)),
     E2ERun("serve --deadline-ms 0, keep-warm on", ("--deadline-ms", "0")),
 )
 
