@@ -244,6 +244,9 @@ def _build(cls, data: dict[str, Any], where: str):
         kwargs[name] = _build(sub, value, name) if sub is not None else value
     if cls is RuntimeConfig and "model" not in kwargs:
         raise ConfigError("model.artifact is required: the artifact folder to decode with")
+    for f in fields(cls):  # a string "false" would be truthy: allow_remote = "false" would allow remote
+        if f.type == "bool" and f.name in kwargs and not isinstance(kwargs[f.name], bool):
+            raise ConfigError(f"{where + '.' if where else ''}{f.name} must be true or false, got {kwargs[f.name]!r}")
     try:
         return cls(**kwargs)
     except ConfigError:

@@ -55,6 +55,8 @@ def test_config_round_trips_through_toml(tmp_path):
     ({"model": {"artifact": "x"}, "sourse": {}}, "unknown keys"),
     ({"model": {"artifact": "x", "backnd": "onnx"}}, r"unknown keys in \[model\]"),
     ({}, "model.artifact is required"),
+    ({"model": {"artifact": "x"}, "output": {"allow_remote": "false"}}, "output.allow_remote must be true or false"),
+    ({"model": {"artifact": "x"}, "warm": {"busy_wait": 1}}, "warm.busy_wait must be true or false"),
 ])
 def test_bad_run_descriptions_are_one_clear_error(data, match):
     with pytest.raises(ConfigError, match=match):
