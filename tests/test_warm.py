@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
 import time
 from dataclasses import replace
 
 import numpy as np
+import pylsl
 import pytest
 import torch
 import typer
@@ -20,6 +22,7 @@ import runtime_helpers as h
 from decoder_runtime.assemble import open_runtime
 from decoder_runtime.backends import make_backend
 from decoder_runtime.messages import Flag
+from decoder_runtime.sources.lsl import CountsOutlet, LSLSource
 from decoder_runtime.sources.replay import ReplaySource
 from decoder_runtime.warm import ArrivalPredictor, WarmError, WarmSettings, apply_process, parse_cpus
 from export_helpers import bins, make_artifact, stream
@@ -86,6 +89,42 @@ def test_keep_warm_decodes_a_replay_exactly_as_without(tmp_path_factory, deadlin
     assert warm.warm["warm_passes"] > 0  # the passes really ran (how many depends on the host's load)
     assert waiter.warm_ns.size == warm.warm["warm_passes"]
     assert cold.warm["warm_passes"] == 0 and not cold.warm["keep_warm"]
+
+
+def test_busy_wait_over_a_real_lsl_outlet_takes_every_bin_in_order(tmp_path_factory):
+    """`serve --busy-wait`: the LSL inlet is polled, never waited on, and still hands over every
+    bin a real outlet pushes at 40 Hz, in order and with its stamp, warm passes before them."""
+    base = tmp_path_factory.getbasetemp() / "runtime"
+    base.mkdir(exist_ok=True)
+    s, art = h.session(base), h.loaded(h.artifact(base))
+    n, period = 60, 0.025
+    name = h.unique("busy")
+    outlet = CountsOutlet(name, s.n_channels, period, source_id=name)
+    source = LSLSource(n_channels=s.n_channels, period=period, name=name, resolve_timeout_s=10)
+    cfg = replace(h.config(art.path, deadline_ms=10, max_bins=n), warm=WarmSettings(busy_wait=True))
+    result: list = []
+
+    def run() -> None:
+        with open_runtime(cfg, command="test", source=source, backend=make_backend(art, "numba", "cpu", 1)) as rt:
+            result.append(rt.run())
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    try:
+        assert outlet.wait_for_consumers(10)
+        stamps, t0 = [], time.monotonic()
+        for k in range(n):
+            time.sleep(max(0.0, t0 + k * period - time.monotonic()))
+            stamps.append(pylsl.local_clock())
+            outlet.push(s.counts[k], stamps[-1])
+        runner.join(30)
+    finally:
+        outlet.close()
+    r = result[0]
+    assert r.n_bins == n
+    np.testing.assert_allclose(r.t_src - r.t_src[0], np.array(stamps) - stamps[0], atol=1e-6)
+    assert r.warm["busy_wait"] and r.warm["warm_passes"] > 0
+    assert not (r.flags & ~int(Flag.LATE | Flag.DEADLINE | Flag.FALLBACK)).any()  # (those only if this host lagged)
 
 
 def test_keep_warm_judges_bad_bins_exactly_as_without(tmp_path_factory):
