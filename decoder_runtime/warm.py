@@ -37,8 +37,8 @@ next bin -- does this:
    default: the sample reaches the inlet through liblsl's own receive thread, and on a 2-core
    machine a spinning loop starves that thread (measured: push -> receive p50 4.1 ms spinning
    vs 0.75 ms blocking, same run, load ~20).
-4. With `busy_wait` (off by default) the wait of step 1, and for LSL the one after the pass,
-   poll the source instead of sleeping in it: the loop's core never idles. Why: on a VM a vCPU
+4. With `busy_wait` (off by default) every wait for a predicted bin (step 1, and for LSL the one
+   after the pass) polls the source instead of sleeping in it: the loop's core never idles. Why: on a VM a vCPU
    that idled ~24 ms comes back slow at times, and a whole bin then runs slow -- its first
    pass takes 300-800 us where it takes ~280, no repeat fits, the step takes 80-100 us where it
    takes 25 (the top 2% of a run's own work). Measured, 6 interleaved rounds x 800 bins at 40 Hz
@@ -122,7 +122,7 @@ class WarmSettings:
     realtime_priority: int = 10
     freeze_gc: bool = True  # no automatic collection inside the loop; collect between bins
     repeat: bool = True  # spinning: pass again and again until the bin (each still ends before it)
-    busy_wait: bool = False  # wait for the lead by polling the source, never sleeping: a core at 100% (module doc)
+    busy_wait: bool = False  # wait for a predicted bin polling the source, never sleeping: a core at 100% (module doc)
 
     def __post_init__(self) -> None:
         if not 0 < self.lead_us < 1e6:
@@ -332,8 +332,7 @@ class BinWaiter:
         s, mono = self.settings, time.monotonic_ns
         wait_ns = due - int(s.lead_us * 1e3) - mono()
         if wait_ns > 0:  # a bin that comes early is taken at once
-            wait_s = min(timeout_s, wait_ns * 1e-9)
-            got = self._poll(wait_s) if s.busy_wait else source.pull(wait_s)
+            got = self._wait(min(timeout_s, wait_ns * 1e-9))
             if got is not None:
                 return got
             if mono() < due - int(s.lead_us * 1e3):  # the poll timeout ended the wait, not the lead
@@ -341,7 +340,7 @@ class BinWaiter:
         # bounded: the pass starts only if one as long as the last ends before the predicted bin
         if due - mono() < self._first_ns:
             self.counts["skipped_no_time"] += 1
-            return source.pull(timeout_s)
+            return self._wait(timeout_s)
         self._first_ns = min(self.warm_pass(), self._half_lead_ns())
         got = source.pull(0.0)
         if got is not None:
@@ -365,12 +364,14 @@ class BinWaiter:
                 self.counts["spun_to_bin"] += 1
                 return got
         self.counts["blocked_after_spin" if self._spin_ns else "blocked_after_warm"] += 1
-        return self._poll(timeout_s) if s.busy_wait else source.pull(timeout_s)
+        return self._wait(timeout_s)
 
-    def _poll(self, timeout_s: float) -> Pulled | None:
-        """`Source.pull(timeout_s)` without ever sleeping (`busy_wait`): the source polled until a bin
-        comes or the time is up."""
+    def _wait(self, timeout_s: float) -> Pulled | None:
+        """`Source.pull(timeout_s)`, or with `busy_wait` the source polled until a bin comes or the
+        time is up: the core never idles (module doc, 4)."""
         source, mono = self._engine.source, time.monotonic_ns
+        if not self.settings.busy_wait:
+            return source.pull(timeout_s)
         end = mono() + int(timeout_s * 1e9)
         while (got := source.pull(0.0)) is None and mono() < end:
             pass
