@@ -14,7 +14,6 @@ import numpy as np
 from rich.table import Table
 
 from benchmarks.e2e import PUSH_TO_RECEIVE
-from benchmarks.realpace import BUSY
 from benchmarks.runtime import OWN_WORK
 from benchmarks.stats import PERCENTILES, deadline_key, pct_key, to_uint32_ns
 
@@ -212,8 +211,8 @@ def realpace_targets(results: dict, add) -> None:
                 "ratio", 1.15)
     runs = results.get("realpace_runs") or {}
     for label, info in runs.items():
-        if "keep-warm on" in label and "deadline_misses" in info:
-            off = runs.get(label.replace("keep-warm on", "keep-warm off").replace(BUSY, ""), {})
+        if info.get("cold"):  # a keep-warm run: no more misses than the same run with keep-warm off
+            off = runs.get(info["cold"], {})
             add(f"{label}: no more deadline misses than keep-warm off ({off.get('deadline_misses', '?')})",
                 {"name": f"realpace/{label}", "summary": {"count": info["deadline_misses"]}}, "count",
                 off.get("deadline_misses", 0))

@@ -173,20 +173,19 @@ class Engine:
         flags = lane.core.decode(n, counts, t_src, lag_s, flags, t_arr + deadline_ns, row)
         if flags is None:  # answered at its deadline on the guard's thread (answer_late); the step ran on
             return int(lane.flags[n])
-        return self._deliver(lane, n, got, t_arr, flags)
+        return self._deliver(lane, n, row, got, t_arr, flags)
 
     def answer_late(self) -> None:
         """On the guard's thread (decoder_runtime.stepping.GuardedStepper): the model's inline step
         has overrun the deadline of the bin in flight; its answer goes out now without it."""
         lane, n = self._lane, self._n
         row = lane.stamps[n]
-        self._deliver(lane, n, self._got, int(row[ARRIVAL]), lane.core.answer_late(row))
+        self._deliver(lane, n, row, self._got, int(row[ARRIVAL]), lane.core.answer_late(row))
 
-    def _deliver(self, lane: Lane, n: int, got: Pulled, t_arr: int, flags: int) -> int:
-        """Publish and record bin n (its velocity in the core's vx, vy); its flags."""
+    def _deliver(self, lane: Lane, n: int, row: np.ndarray, got: Pulled, t_arr: int, flags: int) -> int:
+        """Publish and record bin n (its velocity in the core's vx, vy, its stamps in `row`); its flags."""
         mono = time.monotonic_ns
         counts, t_src = got[0], got[1]
-        row = lane.stamps[n]
         vx, vy = lane.core.vx, lane.core.vy
         # 5. publish
         if lane.outputs:

@@ -37,11 +37,11 @@ next bin -- does this:
    default: the sample reaches the inlet through liblsl's own receive thread, and on a 2-core
    machine a spinning loop starves that thread (measured: push -> receive p50 4.1 ms spinning
    vs 0.75 ms blocking, same run, load ~20).
-4. With `busy_wait` (off by default) every wait for a predicted bin (step 1, and for LSL the one
-   after the pass) polls the source instead of sleeping in it: the loop's core never idles. Why: on a VM a vCPU
-   that idled ~24 ms comes back slow at times, and a whole bin then runs slow -- its first
-   pass takes 300-800 us where it takes ~280, no repeat fits, the step takes 80-100 us where it
-   takes 25 (the top 2% of a run's own work). Measured, 6 interleaved rounds x 800 bins at 40 Hz
+4. With `busy_wait` (off by default) every wait for a predicted bin (step 1, and for LSL the
+   one after the pass) polls the source instead of sleeping in it: the loop's core never idles.
+   Why: on a VM a vCPU that idled ~24 ms comes back slow at times, and a whole bin then runs
+   slow -- its first pass takes 300-800 us where it takes ~280, no repeat fits, the step takes
+   80-100 us where it takes 25 (the top 2% of a run's own work). Measured, 6 interleaved rounds x 800 bins at 40 Hz
    (replay, numba LSTM, guarded): own work p50 21.6 -> 18.1 us, p99 67.4 -> 38.8 us (lower in 6
    of 6), arrival->sent p50 44.9 -> 42.3 us, p99 127 -> 75 us. Cost: that core at 100%; give
    the loop a core of its own (`pin_cpus`). It does not warm what only the live bin touches
